@@ -1,0 +1,204 @@
+//! What crosses the wire between the filter, the policy service and MLflow clients.
+//! Defined once here; the policy service depends on this crate for it.
+
+use serde::{Deserialize, Serialize};
+
+/// Issuer of the session cookie (the policy service) as written in its `iss` claim.
+pub const SESSION_ISSUER: &str = "mlflow-policy-service";
+/// Audience of the session cookie: only the edge filter accepts it.
+pub const SESSION_AUDIENCE: &str = "mlflow-edge";
+/// The policy service's public session-signing keys, as a JWKS. Public, unauthenticated.
+pub const SESSION_KEYS_PATH: &str = "/authz/v1/keys";
+/// Exchange a still-signed but expired session cookie for a fresh one, while the
+/// server-side session lives. Body: [`RenewRequest`]; 200 answer: [`RenewResponse`].
+pub const SESSION_RENEW_PATH: &str = "/authz/v1/session/renew";
+
+/// Custom claims of the session cookie, a compact EdDSA JWS signed by the policy
+/// service. Standard claims: `sub` = username, `iss` = [`SESSION_ISSUER`],
+/// `aud` = [`SESSION_AUDIENCE`], `iat`, `exp` (minutes after `iat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// Server-side session id: what logout and renewal act on.
+    pub sid: String,
+    /// The user is an admin (member of `OIDC_ADMIN_GROUP_NAME` at sign-in).
+    #[serde(default)]
+    pub adm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The expired session cookie; its signature is still checked by the service.
+    pub session: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The new session cookie value.
+    pub session: String,
+    /// Its `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// A JSON Web Key Set (RFC 7517), as the IdP and the policy service publish it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One JSON Web Key. Only the members the filter uses; others are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    /// RSA modulus, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA exponent, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// EC x coordinate or OKP public key, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// EC y coordinate, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+}
+
+impl Jwk {
+    /// An Ed25519 public key (`kty: OKP`), as the policy service publishes its session key.
+    pub fn ed25519(kid: &str, public_key: &[u8]) -> Self {
+        Jwk {
+            kty: "OKP".into(),
+            kid: Some(kid.into()),
+            alg: Some("EdDSA".into()),
+            use_: Some("sig".into()),
+            crv: Some("Ed25519".into()),
+            x: Some(base64url_encode(public_key)),
+            ..Jwk::default()
+        }
+    }
+}
+
+/// The subset of an OpenID Provider's discovery document the filter reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub jwks_uri: String,
+}
+
+/// MLflow's error body, so MLflow clients show our refusals as they show MLflow's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error_code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(error_code: &str, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error_code: error_code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising two strings cannot fail; the fallback keeps the shape anyway.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            String::from(r#"{"error_code":"INTERNAL_ERROR","message":"error"}"#)
+        })
+    }
+}
+
+const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Unpadded base64url (RFC 7515 §2).
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(B64URL[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Strict unpadded base64url: `None` on any other character, on padding, or on
+/// a length no encoder produces.
+pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    // Leftover bits must be zero, as a canonical encoder leaves them.
+    if acc & ((1 << bits) - 1) != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    fn base64url_round_trips_every_length() {
+        for len in 0..40u8 {
+            let bytes: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+            let text = base64url_encode(&bytes);
+            assert!(!text.contains('='));
+            assert_eq!(base64url_decode(&text), Some(bytes));
+        }
+    }
+
+    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    fn base64url_refuses_other_alphabets_and_padding() {
+        assert_eq!(base64url_decode("ab+/"), None);
+        assert_eq!(base64url_decode("YQ=="), None);
+        assert_eq!(base64url_decode("A"), None);
+        assert_eq!(base64url_decode("YR"), None, "non-zero trailing bits");
+        assert_eq!(base64url_decode("YQ"), Some(b"a".to_vec()));
+    }
+
+    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    fn error_body_has_mlflow_shape() {
+        let body = ErrorBody::new("UNAUTHENTICATED", "no credentials").to_json();
+        assert_eq!(
+            body,
+            r#"{"error_code":"UNAUTHENTICATED","message":"no credentials"}"#
+        );
+    }
+}
