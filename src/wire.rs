@@ -37,6 +37,9 @@ pub struct RenewResponse {
     pub session: String,
     /// Its `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// The whole `Set-Cookie` header value for the browser (the service owns the
+    /// cookie's attributes).
+    pub set_cookie: String,
 }
 
 /// A JSON Web Key Set (RFC 7517), as the IdP and the policy service publish it.
@@ -171,18 +174,26 @@ pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_os = "unknown"),
+        wasm_bindgen_test::wasm_bindgen_test
+    )]
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     fn base64url_round_trips_every_length() {
         for len in 0..40u8 {
-            let bytes: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(11))
+                .collect();
             let text = base64url_encode(&bytes);
             assert!(!text.contains('='));
             assert_eq!(base64url_decode(&text), Some(bytes));
         }
     }
 
-    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_os = "unknown"),
+        wasm_bindgen_test::wasm_bindgen_test
+    )]
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     fn base64url_refuses_other_alphabets_and_padding() {
         assert_eq!(base64url_decode("ab+/"), None);
@@ -192,7 +203,10 @@ mod tests {
         assert_eq!(base64url_decode("YQ"), Some(b"a".to_vec()));
     }
 
-    #[cfg_attr(all(target_arch = "wasm32", target_os = "unknown"), wasm_bindgen_test::wasm_bindgen_test)]
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_os = "unknown"),
+        wasm_bindgen_test::wasm_bindgen_test
+    )]
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     fn error_body_has_mlflow_shape() {
         let body = ErrorBody::new("UNAUTHENTICATED", "no credentials").to_json();
