@@ -132,6 +132,8 @@ pub struct Authenticator {
     bearer_cache: VerifiedCache,
     session_cache: VerifiedCache,
     refused: RefusedCache,
+    /// Signature checks that failed in the current second: (second, count).
+    invalid_signatures: (u64, u32),
     pub stats: Stats,
 }
 
@@ -153,6 +155,7 @@ impl Authenticator {
             bearer_cache: VerifiedCache::new(n),
             session_cache: VerifiedCache::new(n),
             refused: RefusedCache::new(n.min(4096)),
+            invalid_signatures: (0, 0),
             stats: Stats::default(),
         }
     }
@@ -217,6 +220,9 @@ impl Authenticator {
         if let Some(o) = self.idp.need(KeyFetch::Idp, now_ms, "bearer tokens") {
             return o;
         }
+        if let Some(o) = self.over_budget(now) {
+            return o;
+        }
         let s = &self.settings;
         let issuer = match (&s.oidc_issuer, &self.discovery) {
             (Some(iss), _) => iss.as_str(),
@@ -258,16 +264,33 @@ impl Authenticator {
 
     fn refuse(&mut self, token: &str, e: TokenError, now: u64) -> Outcome {
         let message = e.to_string();
-        // Remember refusals that cost a signature check; the cheap ones are cheap again.
-        if matches!(e, TokenError::BadSignature(_) | TokenError::NoUsername(_)) {
-            self.refused.insert(
-                token,
-                Rc::from(message.as_str()),
-                now + REFUSED_TTL_SECONDS,
-                now,
-            );
-        }
+        self.remember_refusal(token, &e, &message, now);
         Outcome::Deny(Reply::unauthenticated(&message, true))
+    }
+
+    /// Remembers refusals that cost a signature check; the cheap ones are cheap again.
+    fn remember_refusal(&mut self, token: &str, e: &TokenError, message: &str, now: u64) {
+        if let TokenError::BadSignature(_) = e {
+            if self.invalid_signatures.0 == now {
+                self.invalid_signatures.1 += 1;
+            } else {
+                self.invalid_signatures = (now, 1);
+            }
+        }
+        if matches!(e, TokenError::BadSignature(_) | TokenError::NoUsername(_)) {
+            self.refused
+                .insert(token, Rc::from(message), now + REFUSED_TTL_SECONDS, now);
+        }
+    }
+
+    /// Too many forgeries this second: no more signature checks until the next one.
+    fn over_budget(&self, now: u64) -> Option<Outcome> {
+        let (second, count) = self.invalid_signatures;
+        (second == now && count >= self.settings.max_invalid_signatures_per_second).then(|| {
+            Outcome::Deny(Reply::unavailable(
+                "too many tokens with invalid signatures in the last second; try again shortly",
+            ))
+        })
     }
 
     fn session_policy(&self) -> (Vec<String>, Vec<String>) {
@@ -327,14 +350,7 @@ impl Authenticator {
             }
             Err(e) => {
                 let message = format!("session cookie refused: {e}");
-                if matches!(e, TokenError::BadSignature(_)) {
-                    self.refused.insert(
-                        token,
-                        Rc::from(message.as_str()),
-                        now + REFUSED_TTL_SECONDS,
-                        now,
-                    );
-                }
+                self.remember_refusal(token, &e, &message, now);
                 Outcome::Deny(self.session_refused(req, &message))
             }
         }
@@ -736,6 +752,46 @@ mod tests {
         }
         assert_eq!(a.stats.verified, 0);
         assert_eq!(a.refused.len(), 1);
+    }
+
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_os = "unknown"),
+        wasm_bindgen_test::wasm_bindgen_test
+    )]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    fn a_flood_of_distinct_forgeries_stops_costing_signature_checks() {
+        let mut a = authenticator();
+        let idp = Idp::new("k1");
+        with_idp(&mut a, &idp, NOW_MS);
+        let good = idp.token(serde_json::json!({"email": "alice@example.com"}));
+        let good_req = req(&[("authorization", &bearer(&good))]);
+        assert!(matches!(
+            a.authenticate(&good_req, NOW_MS),
+            Outcome::Allow(_)
+        ));
+        let forger = Idp::new("k1");
+        let budget = a.settings.max_invalid_signatures_per_second as usize;
+        let statuses: Vec<u32> = (0..budget + 5)
+            .map(|i| {
+                let t = forger.token(serde_json::json!({"email": format!("u{i}@x")}));
+                match a.authenticate(&req(&[("authorization", &bearer(&t))]), NOW_MS) {
+                    Outcome::Deny(r) => r.status,
+                    o => panic!("{o:?}"),
+                }
+            })
+            .collect();
+        assert!(statuses[..budget].iter().all(|s| *s == 401));
+        assert!(statuses[budget..].iter().all(|s| *s == 503));
+        // Verified tokens keep working; the next second checks signatures again.
+        assert!(matches!(
+            a.authenticate(&good_req, NOW_MS),
+            Outcome::Allow(_)
+        ));
+        let next = forger.token(serde_json::json!({"email": "next@x"}));
+        match a.authenticate(&req(&[("authorization", &bearer(&next))]), NOW_MS + 1000) {
+            Outcome::Deny(r) => assert_eq!(r.status, 401),
+            o => panic!("{o:?}"),
+        }
     }
 
     #[cfg_attr(

@@ -57,6 +57,11 @@ pub struct Settings {
     /// Verified tokens kept per VM.
     #[serde(default = "default_token_cache_max_entries")]
     pub token_cache_max_entries: usize,
+    /// Signature checks that may fail per second per VM. Past it, tokens not yet
+    /// verified get 503 until the second ends: a flood of distinct forgeries cannot
+    /// buy a 0.5 ms signature check each. Cached tokens keep working.
+    #[serde(default = "default_max_invalid_signatures_per_second")]
+    pub max_invalid_signatures_per_second: u32,
 }
 
 fn default_username_field() -> Vec<String> {
@@ -97,6 +102,9 @@ fn default_callout_timeout_ms() -> u64 {
 }
 fn default_token_cache_max_entries() -> usize {
     10_000
+}
+fn default_max_invalid_signatures_per_second() -> u32 {
+    20
 }
 
 /// Where a URL points, split for a callout: `:authority` and `:path`.
