@@ -1,0 +1,314 @@
+//! The identity provider, seen through the `openidconnect` crate: discovery
+//! (fetched lazily and cached, so the service starts while the IdP is down),
+//! the authorization URL, and the code exchange with ID-token verification.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    reqwest, AdditionalClaims, AuthType, AuthorizationCode, ClaimsVerificationError, Client,
+    ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IdTokenFields, JsonWebKeySet, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::settings::Settings;
+
+/// How long a fetched discovery document and JWKS are used before refetching.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+/// Every claim of the ID token that is not a standard one (`groups`, ...).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraClaims {
+    #[serde(flatten)]
+    pub claims: Map<String, Value>,
+}
+
+impl AdditionalClaims for ExtraClaims {}
+
+type IdTokenFieldsX = IdTokenFields<
+    ExtraClaims,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+
+type IdpClient = Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    StandardTokenResponse<IdTokenFieldsX, CoreTokenType>,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+#[derive(Debug, Error)]
+pub enum IdpError {
+    #[error("the identity provider at {url} cannot be reached: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the identity provider at {url} sent an unusable discovery document: {detail}")]
+    BadDiscovery { url: String, detail: String },
+    #[error("the identity provider refused the sign-in: {0}")]
+    Refused(String),
+    #[error("the token request to the identity provider failed: {0}")]
+    TokenRequest(String),
+    #[error("the ID token from the identity provider is not valid: {0}")]
+    InvalidIdToken(String),
+    #[error("cannot start the HTTP client for the identity provider: {0}")]
+    Client(String),
+}
+
+/// Joins an error and its sources: "request failed: connection refused".
+pub fn error_chain(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+struct Cached {
+    metadata: CoreProviderMetadata,
+    fetched_at: Instant,
+}
+
+/// A started login: where to send the browser, and what to remember.
+pub struct LoginStart {
+    pub url: Url,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+pub struct Idp {
+    http: reqwest::Client,
+    discovery_url: Url,
+    client_id: String,
+    client_secret: Option<String>,
+    redirect_uri: Url,
+    scopes: Vec<String>,
+    cache: Mutex<Option<Arc<Cached>>>,
+}
+
+impl Idp {
+    pub fn new(settings: &Settings) -> Result<Self, IdpError> {
+        let timeout = Duration::from_secs(settings.oidc_http_timeout_seconds);
+        let http = reqwest::ClientBuilder::new()
+            // Following redirects opens the client up to SSRF (openidconnect's docs).
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| IdpError::Client(error_chain(&e)))?;
+        Ok(Idp {
+            http,
+            discovery_url: settings.oidc_discovery_url.clone(),
+            client_id: settings.oidc_client_id.clone(),
+            client_secret: settings.oidc_client_secret.clone(),
+            redirect_uri: settings.oidc_redirect_uri.clone(),
+            scopes: settings.oidc_scope.clone(),
+            cache: Mutex::new(None),
+        })
+    }
+
+    async fn fetch(&self) -> Result<CoreProviderMetadata, IdpError> {
+        let url = self.discovery_url.to_string();
+        let unreachable = |e: &dyn StdError| IdpError::Unreachable {
+            url: url.clone(),
+            detail: error_chain(e),
+        };
+        let bad = |detail: String| IdpError::BadDiscovery {
+            url: url.clone(),
+            detail,
+        };
+        let response = self
+            .http
+            .get(self.discovery_url.clone())
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(bad(format!("HTTP status {status}")));
+        }
+        let body = response.bytes().await.map_err(|e| unreachable(&e))?;
+        let metadata: CoreProviderMetadata = serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("not an OpenID Connect discovery document: {e}")))?;
+        let jwks = JsonWebKeySet::fetch_async(metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| IdpError::Unreachable {
+                url: metadata.jwks_uri().to_string(),
+                detail: error_chain(&e),
+            })?;
+        Ok(metadata.set_jwks(jwks))
+    }
+
+    /// The provider metadata (with its JWKS), fetched when missing, stale or `force`d.
+    /// A failed refresh keeps using what was cached.
+    async fn metadata(&self, force: bool) -> Result<Arc<Cached>, IdpError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.as_ref() {
+            if !force && cached.fetched_at.elapsed() < DISCOVERY_TTL {
+                return Ok(cached.clone());
+            }
+        }
+        match self.fetch().await {
+            Ok(metadata) => {
+                let fresh = Arc::new(Cached {
+                    metadata,
+                    fetched_at: Instant::now(),
+                });
+                *cache = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Err(err) => match cache.as_ref() {
+                Some(stale) if !force => {
+                    tracing::warn!("keeping the cached discovery document: {err}");
+                    Ok(stale.clone())
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
+    fn client(&self, cached: &Cached) -> IdpClient {
+        let metadata = &cached.metadata;
+        let mut client = IdpClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.client_id.clone()),
+            self.client_secret.clone().map(ClientSecret::new),
+        )
+        .set_redirect_uri(RedirectUrl::from_url(self.redirect_uri.clone()));
+        if self.client_secret.is_some() {
+            // client_secret_basic unless the IdP only takes client_secret_post.
+            // Without a secret (public client) oauth2 sends client_id in the body.
+            let methods = metadata.token_endpoint_auth_methods_supported();
+            let basic = methods.is_none_or(|m| {
+                m.is_empty() || m.contains(&CoreClientAuthMethod::ClientSecretBasic)
+            });
+            let post = methods.is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost));
+            if !basic && post {
+                client = client.set_auth_type(AuthType::RequestBody);
+            }
+        }
+        client
+    }
+
+    /// The issuer of the IdP, once discovery has been fetched.
+    pub async fn issuer(&self) -> Result<String, IdpError> {
+        Ok(self.metadata(false).await?.metadata.issuer().to_string())
+    }
+
+    /// Builds the authorization URL with state, nonce and a PKCE S256 challenge.
+    pub async fn start_login(&self) -> Result<LoginStart, IdpError> {
+        let cached = self.metadata(false).await?;
+        let client = self.client(&cached);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let (url, state, nonce) = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            // openidconnect adds `openid` itself.
+            .add_scopes(
+                self.scopes
+                    .iter()
+                    .filter(|s| s.as_str() != "openid")
+                    .map(|s| Scope::new(s.clone())),
+            )
+            .set_pkce_challenge(challenge)
+            .url();
+        Ok(LoginStart {
+            url,
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges the code (with the PKCE verifier) and verifies the ID token:
+    /// signature against the IdP's JWKS (refetched once on a signature failure),
+    /// `iss`, `aud`, `exp` and `nonce`. Returns every claim of the ID token.
+    pub async fn finish_login(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<Map<String, Value>, IdpError> {
+        let cached = self.metadata(false).await?;
+        let client = self.client(&cached);
+        let request = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| IdpError::TokenRequest(error_chain(&e)))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()));
+        let token = request
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(resp) => {
+                    let mut text = resp.error().to_string();
+                    if let Some(desc) = resp.error_description() {
+                        text.push_str(": ");
+                        text.push_str(desc);
+                    }
+                    IdpError::Refused(text)
+                }
+                other => IdpError::TokenRequest(error_chain(&other)),
+            })?;
+        let id_token = token
+            .id_token()
+            .ok_or_else(|| IdpError::InvalidIdToken("the token response has no id_token".into()))?;
+        let nonce = Nonce::new(nonce.to_string());
+        let verified = match id_token.claims(&client.id_token_verifier(), &nonce) {
+            Ok(claims) => serde_json::to_value(claims),
+            Err(ClaimsVerificationError::SignatureVerification(_)) => {
+                // The IdP may have rotated its keys: refetch once, then retry.
+                let fresh = self.metadata(true).await?;
+                let client = self.client(&fresh);
+                let claims = id_token
+                    .claims(&client.id_token_verifier(), &nonce)
+                    .map_err(|e| IdpError::InvalidIdToken(error_chain(&e)))?;
+                serde_json::to_value(claims)
+            }
+            Err(e) => return Err(IdpError::InvalidIdToken(error_chain(&e))),
+        };
+        match verified {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(IdpError::InvalidIdToken("claims are not an object".into())),
+            Err(e) => Err(IdpError::InvalidIdToken(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The policy service: OIDC sign-in, users, groups and sessions for MLflow
+//! behind the Envoy edge filter, which verifies the session cookie this
+//! service signs.
+
+pub mod app;
+pub mod identity;
+pub mod idp;
+pub mod routes;
+pub mod session;
+pub mod settings;
+pub mod store;
+pub mod web;
+
+pub use app::{app, AppState};
+pub use settings::Settings;
+
+#[cfg(test)]
+mod tests;

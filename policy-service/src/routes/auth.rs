@@ -1,0 +1,283 @@
+//! Browser sign-in: `/oidc/login` → IdP → callback (the path of
+//! `OIDC_REDIRECT_URI`) → session cookie; `/logout`; `/oidc/auth/status`.
+
+use std::collections::HashMap;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::app::{not_found, AppState};
+use crate::identity::{self, Admission};
+use crate::idp::IdpError;
+use crate::routes::session::session_problem;
+use crate::store::now;
+use crate::web::{cookie_value, redirect, sanitize_next, session_cookie, PageError};
+
+pub const LOGIN_PATH: &str = "/oidc/login";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(LOGIN_PATH, get(login))
+        .route("/logout", get(logout))
+        .route("/oidc/auth/status", get(status))
+}
+
+fn query_map(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn random_id() -> String {
+    mlflow_edge_authz::wire::base64url_encode(&rand::random::<[u8; 32]>())
+}
+
+fn start_again() -> (&'static str, &'static str) {
+    (LOGIN_PATH, "Sign in again")
+}
+
+impl From<IdpError> for PageError {
+    fn from(err: IdpError) -> Self {
+        let status = match err {
+            IdpError::Unreachable { .. } | IdpError::BadDiscovery { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IdpError::TokenRequest(_) | IdpError::Client(_) => StatusCode::BAD_GATEWAY,
+            IdpError::Refused(_) | IdpError::InvalidIdToken(_) => StatusCode::BAD_REQUEST,
+        };
+        tracing::warn!("sign-in failed: {err}");
+        let (href, text) = start_again();
+        PageError::new(status, "Sign-in failed", err.to_string()).with_link(href, text)
+    }
+}
+
+async fn login(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PageError> {
+    let params = query_map(query.as_deref());
+    let next = sanitize_next(params.get("next").map(String::as_str));
+    let start = state.idp.start_login().await?;
+    state
+        .store
+        .insert_auth_state(
+            &start.state,
+            &start.nonce,
+            &start.pkce_verifier,
+            &next,
+            now(),
+        )
+        .await?;
+    Ok(redirect(start.url.as_str(), None))
+}
+
+/// Serves the callback at the path of `OIDC_REDIRECT_URI`; 404 elsewhere.
+pub async fn callback_or_not_found(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    // GET only: a HEAD must not consume the single-use state.
+    if uri.path() != state.settings.callback_path() || method != Method::GET {
+        return not_found();
+    }
+    match callback(&state, &query_map(uri.query())).await {
+        Ok(response) => response,
+        Err(page) => page.into_response(),
+    }
+}
+
+async fn callback(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Response, PageError> {
+    let (href, text) = start_again();
+    let auth_state = match params.get("state") {
+        Some(s) if !s.is_empty() => state.store.take_auth_state(s, now()).await?,
+        _ => None,
+    };
+    if let Some(error) = params.get("error") {
+        let mut message = format!("The identity provider refused the sign-in: {error}");
+        if let Some(description) = params.get("error_description") {
+            message.push_str(": ");
+            message.push_str(description);
+        }
+        return Err(
+            PageError::new(StatusCode::BAD_REQUEST, "Sign-in failed", message)
+                .with_link(href, text),
+        );
+    }
+    let Some(auth_state) = auth_state else {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "This sign-in attempt is unknown or expired (it may have been used already, \
+             or taken more than 15 minutes). Please start again.",
+        )
+        .with_link(href, text));
+    };
+    let Some(code) = params.get("code").filter(|c| !c.is_empty()) else {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "Sign-in failed",
+            "The identity provider sent no authorization code.",
+        )
+        .with_link(href, text));
+    };
+    // RFC 9207: an `iss` in the response must be the provider's.
+    if let Some(iss) = params.get("iss") {
+        let issuer = state.idp.issuer().await?;
+        if *iss != issuer {
+            return Err(PageError::new(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                format!("The sign-in response came from {iss}, not from {issuer}."),
+            )
+            .with_link(href, text));
+        }
+    }
+    let claims = state
+        .idp
+        .finish_login(code, &auth_state.pkce_verifier, &auth_state.nonce)
+        .await?;
+    complete_login(state, &claims, &auth_state.next, now()).await
+}
+
+/// What follows a verified ID token: username, groups and the gate; then the
+/// user row, group memberships, a server-side session and the session cookie.
+pub async fn complete_login(
+    state: &AppState,
+    claims: &Map<String, Value>,
+    next: &str,
+    now: i64,
+) -> Result<Response, PageError> {
+    let settings = &state.settings;
+    let (href, text) = start_again();
+    let username = identity::username(claims, &settings.oidc_username_field).map_err(|msg| {
+        PageError::new(StatusCode::FORBIDDEN, "Sign-in refused", msg).with_link(href, text)
+    })?;
+    let groups = identity::groups(claims, &settings.oidc_groups_attribute);
+    let is_admin = match identity::admission(
+        &groups,
+        &settings.oidc_group_name,
+        &settings.oidc_admin_group_name,
+    ) {
+        Admission::Admin => true,
+        Admission::Member => false,
+        Admission::Refused => {
+            tracing::info!(%username, ?groups, "sign-in refused: not in an allowed group");
+            return Err(PageError::new(
+                StatusCode::FORBIDDEN,
+                "Sign-in refused",
+                format!(
+                    "You are not allowed to sign in to MLflow: {username} is not in an allowed group."
+                ),
+            ));
+        }
+    };
+    let display_name = identity::display_name(claims, &username);
+    let user_id = state
+        .store
+        .record_login(&username, &display_name, is_admin, &groups, now)
+        .await?;
+    let lifetime = i64::try_from(settings.permanent_session_lifetime).unwrap_or(i64::MAX);
+    let sid = random_id();
+    let expires_at = now.saturating_add(lifetime);
+    state
+        .store
+        .create_session(&sid, user_id, now, expires_at)
+        .await?;
+    let (token, _) = state
+        .keys
+        .sign(
+            &username,
+            &sid,
+            is_admin,
+            u64::try_from(now).unwrap_or(0),
+            settings.session_token_ttl_seconds,
+            u64::try_from(expires_at).unwrap_or(0),
+        )
+        .map_err(|e| {
+            tracing::error!("{e}");
+            PageError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed",
+                "The session could not be created.",
+            )
+        })?;
+    tracing::info!(%username, is_admin, "signed in");
+    let cookie = session_cookie(settings, &token, settings.permanent_session_lifetime);
+    Ok(redirect(&sanitize_next(Some(next)), Some(cookie)))
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let settings = &state.settings;
+    if let Some(token) = cookie_value(&headers, &settings.session_cookie_name) {
+        let now = now();
+        // An expired cookie still ends its session (it is refused later anyway).
+        match state
+            .keys
+            .verify(
+                &state.store,
+                token,
+                u64::try_from(now).unwrap_or(0),
+                settings.permanent_session_lifetime,
+            )
+            .await
+        {
+            Ok(cookie) => match state.store.revoke_session(&cookie.sid, now).await {
+                Ok(_) => tracing::info!(username = %cookie.username, "signed out"),
+                Err(e) => tracing::error!("cannot revoke session: {e}"),
+            },
+            Err(e) => tracing::debug!("logout with an unusable session cookie: {e}"),
+        }
+    }
+    redirect("/", Some(session_cookie(settings, "", 0)))
+}
+
+#[derive(Debug, Serialize)]
+struct AuthStatus {
+    authenticated: bool,
+    username: Option<String>,
+    is_admin: bool,
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let anonymous = AuthStatus {
+        authenticated: false,
+        username: None,
+        is_admin: false,
+    };
+    let Some(token) = cookie_value(&headers, &state.settings.session_cookie_name) else {
+        return Json(anonymous).into_response();
+    };
+    let now = now();
+    let Ok(cookie) = state
+        .keys
+        .verify(&state.store, token, u64::try_from(now).unwrap_or(0), 0)
+        .await
+    else {
+        return Json(anonymous).into_response();
+    };
+    let record = match state.store.session(&cookie.sid).await {
+        Ok(record) => record,
+        Err(e) => return crate::web::ApiError::from(e).into_response(),
+    };
+    if session_problem(record.as_ref(), now).is_some() {
+        return Json(anonymous).into_response();
+    }
+    match record.and_then(|r| r.user) {
+        Some(user) if user.username == cookie.username => Json(AuthStatus {
+            authenticated: true,
+            username: Some(user.username),
+            is_admin: user.is_admin,
+        })
+        .into_response(),
+        _ => Json(anonymous).into_response(),
+    }
+}

@@ -1,0 +1,4 @@
+//! One router per domain.
+
+pub mod auth;
+pub mod session;

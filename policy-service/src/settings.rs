@@ -1,0 +1,620 @@
+//! Settings, read once at start-up from the environment (plus `.env`).
+//!
+//! Setting names are those of mlflow-oidc-auth, so an existing deployment's
+//! environment keeps working. Every bad value stops start-up with a message that
+//! names the setting, the value and what is accepted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+use url::Url;
+
+/// Routes the service serves itself; the callback path must not shadow them.
+const RESERVED_PATHS: &[&str] = &[
+    "/health",
+    "/oidc/login",
+    "/oidc/auth/status",
+    "/logout",
+    mlflow_edge_authz::wire::SESSION_KEYS_PATH,
+    mlflow_edge_authz::wire::SESSION_RENEW_PATH,
+];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("setting {name} is required but not set")]
+    Missing { name: &'static str },
+    #[error("cannot read .env: {0}")]
+    DotEnv(String),
+    #[error("setting {name} has an invalid value {value:?}: expected {accepted}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        accepted: String,
+    },
+}
+
+fn invalid(name: &'static str, value: &str, accepted: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        name,
+        value: value.to_string(),
+        accepted: accepted.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl fmt::Display for SameSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        })
+    }
+}
+
+/// Where the users database lives. Only SQLite for now; PostgreSQL comes later
+/// as another variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file, created when missing.
+    SqliteFile(PathBuf),
+    /// A private in-memory SQLite database (tests).
+    SqliteMemory,
+}
+
+impl DatabaseUrl {
+    /// Parses a SQLAlchemy-style URL: `sqlite:///relative.db`, `sqlite:////abs.db`,
+    /// `sqlite://` or `sqlite:///:memory:` (in memory). `sqlite::memory:` (sqlx's
+    /// spelling) is accepted too.
+    pub fn parse(value: &str) -> Result<Self, SettingsError> {
+        const NAME: &str = "OIDC_USERS_DB_URI";
+        const ACCEPTED: &str = "sqlite:///relative/path.db or sqlite:////absolute/path.db \
+                                (other databases are not supported yet)";
+        let value = value.trim();
+        if value == "sqlite::memory:" || value == "sqlite://" || value == "sqlite:///:memory:" {
+            return Ok(DatabaseUrl::SqliteMemory);
+        }
+        let Some(rest) = value.strip_prefix("sqlite:///") else {
+            return Err(invalid(NAME, &redact_password(value), ACCEPTED));
+        };
+        // Query parameters (`?mode=...`) are not supported: keep the path plain.
+        if rest.is_empty() || rest.contains('?') {
+            return Err(invalid(NAME, value, ACCEPTED));
+        }
+        // `sqlite:////abs` leaves `/abs`; `sqlite:///rel` leaves `rel`.
+        Ok(DatabaseUrl::SqliteFile(PathBuf::from(rest)))
+    }
+}
+
+/// Hides the password of a URL with credentials, so errors never print it.
+fn redact_password(value: &str) -> String {
+    match Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            // Only fails for URLs that cannot have credentials, which this one has.
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => value.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Settings {
+    pub oidc_discovery_url: Url,
+    pub oidc_client_id: String,
+    pub oidc_client_secret: Option<String>,
+    pub oidc_public_client: bool,
+    pub oidc_redirect_uri: Url,
+    pub oidc_scope: Vec<String>,
+    pub oidc_provider_display_name: String,
+    pub oidc_group_name: Vec<String>,
+    pub oidc_admin_group_name: Vec<String>,
+    pub oidc_groups_attribute: String,
+    pub oidc_username_field: Vec<String>,
+    pub oidc_http_timeout_seconds: u64,
+    pub secret_key: String,
+    /// True when `SECRET_KEY` was absent and a random one was generated.
+    pub secret_key_generated: bool,
+    pub database_url: DatabaseUrl,
+    pub session_cookie_name: String,
+    pub session_cookie_secure: bool,
+    pub session_cookie_samesite: SameSite,
+    pub permanent_session_lifetime: u64,
+    pub session_token_ttl_seconds: u64,
+    pub listen_addr: SocketAddr,
+    pub log_level: LogLevel,
+}
+
+// Secrets stay out of logs and panics alike.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("oidc_discovery_url", &self.oidc_discovery_url.as_str())
+            .field("oidc_client_id", &self.oidc_client_id)
+            .field(
+                "oidc_client_secret",
+                &self.oidc_client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("oidc_public_client", &self.oidc_public_client)
+            .field("oidc_redirect_uri", &self.oidc_redirect_uri.as_str())
+            .field("oidc_scope", &self.oidc_scope)
+            .field("oidc_group_name", &self.oidc_group_name)
+            .field("oidc_admin_group_name", &self.oidc_admin_group_name)
+            .field("oidc_groups_attribute", &self.oidc_groups_attribute)
+            .field("oidc_username_field", &self.oidc_username_field)
+            .field("database_url", &self.database_url)
+            .field("session_cookie_name", &self.session_cookie_name)
+            .field("session_cookie_secure", &self.session_cookie_secure)
+            .field("session_cookie_samesite", &self.session_cookie_samesite)
+            .field(
+                "permanent_session_lifetime",
+                &self.permanent_session_lifetime,
+            )
+            .field("session_token_ttl_seconds", &self.session_token_ttl_seconds)
+            .field("listen_addr", &self.listen_addr)
+            .field("log_level", &self.log_level)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits a comma list, trimming spaces and dropping empty items.
+pub fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Parses a boolean the way operators write them.
+pub fn parse_bool(name: &'static str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(name, value, "one of true, false, 1, 0, yes, no")),
+    }
+}
+
+struct Source<'a> {
+    vars: &'a HashMap<String, String>,
+}
+
+impl Source<'_> {
+    /// The value if set to something other than blanks.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, SettingsError> {
+        self.get(name).ok_or(SettingsError::Missing { name })
+    }
+
+    fn string(&self, name: &'static str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_string()
+    }
+
+    fn list(&self, name: &'static str, default: &str) -> Result<Vec<String>, SettingsError> {
+        let raw = self.get(name).unwrap_or(default);
+        let list = comma_list(raw);
+        if list.is_empty() {
+            return Err(invalid(
+                name,
+                raw,
+                "a comma-separated list with at least one name",
+            ));
+        }
+        Ok(list)
+    }
+
+    fn bool(&self, name: &'static str, default: bool) -> Result<bool, SettingsError> {
+        self.get(name).map_or(Ok(default), |v| parse_bool(name, v))
+    }
+
+    fn positive(&self, name: &'static str, default: u64) -> Result<u64, SettingsError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(invalid(name, v, "a whole number of seconds greater than 0")),
+            },
+        }
+    }
+
+    fn http_url(&self, name: &'static str) -> Result<Url, SettingsError> {
+        let raw = self.required(name)?;
+        match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err(invalid(name, raw, "an absolute http:// or https:// URL")),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `.env` (when present) and the process environment. Variables already
+    /// in the environment win over `.env`, as with python-dotenv's defaults.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        // A missing .env is normal; a malformed one stops start-up.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(err) if err.not_found() => {}
+            Err(err) => return Err(SettingsError::DotEnv(err.to_string())),
+        }
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    /// Parses settings from a name → value map (the environment, or a test's map).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let src = Source { vars };
+
+        let oidc_discovery_url = src.http_url("OIDC_DISCOVERY_URL")?;
+        let oidc_client_id = src.required("OIDC_CLIENT_ID")?.to_string();
+        let oidc_public_client = src.bool("OIDC_PUBLIC_CLIENT", false)?;
+        let oidc_client_secret = src.get("OIDC_CLIENT_SECRET").map(String::from);
+        match (oidc_public_client, &oidc_client_secret) {
+            (false, None) => {
+                return Err(SettingsError::Missing {
+                    name: "OIDC_CLIENT_SECRET",
+                })
+            }
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "OIDC_CLIENT_SECRET",
+                    "<set>",
+                    "no secret when OIDC_PUBLIC_CLIENT=true (a public client has none)",
+                ))
+            }
+            _ => {}
+        }
+
+        let oidc_redirect_uri = src.http_url("OIDC_REDIRECT_URI")?;
+        let callback_path = oidc_redirect_uri.path();
+        if RESERVED_PATHS.contains(&callback_path) || callback_path == "/" {
+            return Err(invalid(
+                "OIDC_REDIRECT_URI",
+                oidc_redirect_uri.as_str(),
+                format!(
+                    "a URL whose path is not / nor one of the service's own routes ({})",
+                    RESERVED_PATHS.join(", ")
+                ),
+            ));
+        }
+
+        let scope_raw = src.get("OIDC_SCOPE").unwrap_or("openid,email,profile");
+        let oidc_scope: Vec<String> = scope_raw
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if oidc_scope.is_empty() {
+            return Err(invalid(
+                "OIDC_SCOPE",
+                scope_raw,
+                "scopes separated by commas or spaces",
+            ));
+        }
+
+        let (secret_key, secret_key_generated) = match src.get("SECRET_KEY") {
+            Some(key) => (key.to_string(), false),
+            None => (
+                mlflow_edge_authz::wire::base64url_encode(&rand::random::<[u8; 32]>()),
+                true,
+            ),
+        };
+
+        let samesite_raw = src.get("SESSION_COOKIE_SAMESITE").unwrap_or("lax");
+        let session_cookie_samesite = match samesite_raw.to_ascii_lowercase().as_str() {
+            "lax" => SameSite::Lax,
+            "strict" => SameSite::Strict,
+            "none" => SameSite::None,
+            _ => {
+                return Err(invalid(
+                    "SESSION_COOKIE_SAMESITE",
+                    samesite_raw,
+                    "one of lax, strict, none",
+                ))
+            }
+        };
+
+        let session_cookie_name = src.string("SESSION_COOKIE_NAME", "mlflow_session");
+        if !is_cookie_name(&session_cookie_name) {
+            return Err(invalid(
+                "SESSION_COOKIE_NAME",
+                &session_cookie_name,
+                "a cookie name of letters, digits and !#$%&'*+-.^_`|~",
+            ));
+        }
+
+        let addr_raw = src.get("POLICY_SERVICE_ADDR").unwrap_or("127.0.0.1:8090");
+        let listen_addr = addr_raw.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "POLICY_SERVICE_ADDR",
+                addr_raw,
+                "an IP address and port, such as 127.0.0.1:8090 or [::]:8090",
+            )
+        })?;
+
+        let level_raw = src.get("LOG_LEVEL").unwrap_or("INFO");
+        let log_level = match level_raw.to_ascii_lowercase().as_str() {
+            "trace" => LogLevel::Trace,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" | "critical" => LogLevel::Error,
+            _ => {
+                return Err(invalid(
+                    "LOG_LEVEL",
+                    level_raw,
+                    "one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL",
+                ))
+            }
+        };
+
+        Ok(Settings {
+            oidc_discovery_url,
+            oidc_client_id,
+            oidc_client_secret,
+            oidc_public_client,
+            oidc_redirect_uri,
+            oidc_scope,
+            oidc_provider_display_name: src.string("OIDC_PROVIDER_DISPLAY_NAME", "Login with OIDC"),
+            oidc_group_name: src.list("OIDC_GROUP_NAME", "mlflow")?,
+            oidc_admin_group_name: src.list("OIDC_ADMIN_GROUP_NAME", "mlflow-admin")?,
+            oidc_groups_attribute: src.string("OIDC_GROUPS_ATTRIBUTE", "groups"),
+            oidc_username_field: src.list("OIDC_USERNAME_FIELD", "email,preferred_username")?,
+            oidc_http_timeout_seconds: src.positive("OIDC_HTTP_TIMEOUT_SECONDS", 10)?,
+            secret_key,
+            secret_key_generated,
+            database_url: DatabaseUrl::parse(
+                src.get("OIDC_USERS_DB_URI").unwrap_or("sqlite:///auth.db"),
+            )?,
+            session_cookie_name,
+            session_cookie_secure: src.bool("SESSION_COOKIE_SECURE", false)?,
+            session_cookie_samesite,
+            permanent_session_lifetime: src.positive("PERMANENT_SESSION_LIFETIME", 86400)?,
+            session_token_ttl_seconds: src.positive("SESSION_TOKEN_TTL_SECONDS", 300)?,
+            listen_addr,
+            log_level,
+        })
+    }
+
+    /// The path the IdP redirects back to (the path of `OIDC_REDIRECT_URI`).
+    pub fn callback_path(&self) -> &str {
+        self.oidc_redirect_uri.path()
+    }
+}
+
+/// RFC 6265 cookie-name (an RFC 7230 token).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        [
+            (
+                "OIDC_DISCOVERY_URL",
+                "https://idp.example.com/.well-known/openid-configuration",
+            ),
+            ("OIDC_CLIENT_ID", "mlflow"),
+            ("OIDC_CLIENT_SECRET", "s3cret"),
+            ("OIDC_REDIRECT_URI", "https://mlflow.example.com/callback"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut vars = base();
+        for (k, v) in pairs {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        vars
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_vars(&base()).unwrap();
+        assert_eq!(s.oidc_scope, vec!["openid", "email", "profile"]);
+        assert_eq!(s.oidc_provider_display_name, "Login with OIDC");
+        assert_eq!(s.oidc_group_name, vec!["mlflow"]);
+        assert_eq!(s.oidc_admin_group_name, vec!["mlflow-admin"]);
+        assert_eq!(s.oidc_groups_attribute, "groups");
+        assert_eq!(s.oidc_username_field, vec!["email", "preferred_username"]);
+        assert_eq!(s.oidc_http_timeout_seconds, 10);
+        assert_eq!(
+            s.database_url,
+            DatabaseUrl::SqliteFile(PathBuf::from("auth.db"))
+        );
+        assert_eq!(s.session_cookie_name, "mlflow_session");
+        assert!(!s.session_cookie_secure);
+        assert_eq!(s.session_cookie_samesite, SameSite::Lax);
+        assert_eq!(s.permanent_session_lifetime, 86400);
+        assert_eq!(s.session_token_ttl_seconds, 300);
+        assert_eq!(s.listen_addr, "127.0.0.1:8090".parse().unwrap());
+        assert_eq!(s.log_level, LogLevel::Info);
+        assert_eq!(s.callback_path(), "/callback");
+        assert!(s.secret_key_generated);
+        assert!(!s.secret_key.is_empty());
+    }
+
+    #[test]
+    fn missing_mandatory_names_the_setting() {
+        for name in [
+            "OIDC_DISCOVERY_URL",
+            "OIDC_CLIENT_ID",
+            "OIDC_CLIENT_SECRET",
+            "OIDC_REDIRECT_URI",
+        ] {
+            let mut vars = base();
+            vars.remove(name);
+            let err = Settings::from_vars(&vars).unwrap_err();
+            assert_eq!(err, SettingsError::Missing { name });
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        // Blank counts as missing.
+        let err = Settings::from_vars(&with(&[("OIDC_CLIENT_ID", "  ")])).unwrap_err();
+        assert!(err.to_string().contains("OIDC_CLIENT_ID"));
+    }
+
+    #[test]
+    fn public_client_needs_no_secret_and_refuses_one() {
+        let mut vars = with(&[("OIDC_PUBLIC_CLIENT", "true")]);
+        assert!(Settings::from_vars(&vars).is_err());
+        vars.remove("OIDC_CLIENT_SECRET");
+        let s = Settings::from_vars(&vars).unwrap();
+        assert!(s.oidc_public_client);
+        assert_eq!(s.oidc_client_secret, None);
+    }
+
+    #[test]
+    fn bad_samesite_names_value_and_accepted_values() {
+        let err = Settings::from_vars(&with(&[("SESSION_COOKIE_SAMESITE", "sideways")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SESSION_COOKIE_SAMESITE"), "{err}");
+        assert!(err.contains("sideways"), "{err}");
+        assert!(err.contains("lax, strict, none"), "{err}");
+        let s = Settings::from_vars(&with(&[("SESSION_COOKIE_SAMESITE", "Strict")])).unwrap();
+        assert_eq!(s.session_cookie_samesite, SameSite::Strict);
+    }
+
+    #[test]
+    fn booleans() {
+        for (raw, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("Yes", true),
+            ("false", false),
+            ("0", false),
+            ("no", false),
+        ] {
+            let s = Settings::from_vars(&with(&[("SESSION_COOKIE_SECURE", raw)])).unwrap();
+            assert_eq!(s.session_cookie_secure, expected, "{raw}");
+        }
+        let err = Settings::from_vars(&with(&[("SESSION_COOKIE_SECURE", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SESSION_COOKIE_SECURE"), "{err}");
+        assert!(err.contains("maybe"), "{err}");
+        assert!(err.contains("true, false, 1, 0, yes, no"), "{err}");
+    }
+
+    #[test]
+    fn bad_numbers_urls_and_addresses() {
+        for (name, value) in [
+            ("PERMANENT_SESSION_LIFETIME", "a day"),
+            ("SESSION_TOKEN_TTL_SECONDS", "0"),
+            ("OIDC_HTTP_TIMEOUT_SECONDS", "-1"),
+            ("OIDC_DISCOVERY_URL", "idp.example.com"),
+            ("OIDC_REDIRECT_URI", "ftp://x/callback"),
+            ("OIDC_REDIRECT_URI", "https://mlflow.example.com/health"),
+            ("POLICY_SERVICE_ADDR", "localhost"),
+            ("LOG_LEVEL", "loud"),
+            ("SESSION_COOKIE_NAME", "my session"),
+        ] {
+            let err = Settings::from_vars(&with(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(value), "{err}");
+            assert!(err.contains("expected"), "{err}");
+        }
+    }
+
+    #[test]
+    fn comma_lists_accept_spaces() {
+        let s = Settings::from_vars(&with(&[
+            ("OIDC_GROUP_NAME", " team-a , team-b,,"),
+            ("OIDC_ADMIN_GROUP_NAME", "admins,  ops"),
+            ("OIDC_USERNAME_FIELD", "preferred_username , email"),
+            ("OIDC_SCOPE", "openid email, profile,groups"),
+            ("LOG_LEVEL", "warning"),
+        ]))
+        .unwrap();
+        assert_eq!(s.oidc_group_name, vec!["team-a", "team-b"]);
+        assert_eq!(s.oidc_admin_group_name, vec!["admins", "ops"]);
+        assert_eq!(s.oidc_username_field, vec!["preferred_username", "email"]);
+        assert_eq!(s.oidc_scope, vec!["openid", "email", "profile", "groups"]);
+        assert_eq!(s.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn sqlite_url_forms() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///auth.db").unwrap(),
+            DatabaseUrl::SqliteFile(PathBuf::from("auth.db"))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///data/auth.db").unwrap(),
+            DatabaseUrl::SqliteFile(PathBuf::from("data/auth.db"))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:////var/lib/mlflow/auth.db").unwrap(),
+            DatabaseUrl::SqliteFile(PathBuf::from("/var/lib/mlflow/auth.db"))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite::memory:").unwrap(),
+            DatabaseUrl::SqliteMemory
+        );
+        let err = DatabaseUrl::parse("postgresql://u:pw@db/mlflow")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("postgresql://u:***@db/mlflow"), "{err}");
+        for bad in ["sqlite:///", "sqlite://auth.db", "mysql://x"] {
+            let err = DatabaseUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("OIDC_USERS_DB_URI"), "{err}");
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_client_secret() {
+        let s = Settings::from_vars(&base()).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret"));
+    }
+}
