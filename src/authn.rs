@@ -10,7 +10,7 @@ use crate::cache::{Identity, RefusedCache, VerifiedCache};
 use crate::keys::KeySet;
 use crate::reply::Reply;
 use crate::settings::Settings;
-use crate::token::{Policy, TokenError};
+use crate::token::{peek, Policy, TokenError};
 use crate::wire::{self, Discovery, RenewResponse, SessionClaims};
 
 /// Read access to the request's headers (`:path`, `:method` included).
@@ -253,9 +253,7 @@ impl Authenticator {
                 self.bearer_cache.insert(token, id.clone(), until, now);
                 Outcome::Allow(id)
             }
-            Err(TokenError::UnknownKey(_))
-                if self.idp.may_refetch(now_ms, s.jwks_refetch_interval_ms) =>
-            {
+            Err(e) if self.keys_may_be_stale(KeyFetch::Idp, token, &e, now_ms) => {
                 Outcome::Fetch(KeyFetch::Idp)
             }
             Err(e) => self.refuse(token, e, now),
@@ -268,14 +266,43 @@ impl Authenticator {
         Outcome::Deny(Reply::unauthenticated(&message, true))
     }
 
+    /// The token may be signed with a key we have not fetched yet: it names an unknown
+    /// `kid`, or it names none and the key we hold does not verify it (rotation at an
+    /// IdP that omits `kid`). True when a refetch is due; the caller then retries.
+    fn keys_may_be_stale(
+        &mut self,
+        which: KeyFetch,
+        token: &str,
+        e: &TokenError,
+        now_ms: u64,
+    ) -> bool {
+        let suspect = match e {
+            TokenError::UnknownKey(_) => true,
+            TokenError::BadSignature(_) => peek(token).is_ok_and(|t| t.kid.is_none()),
+            _ => false,
+        };
+        let interval = self.settings.jwks_refetch_interval_ms;
+        if !suspect || !self.source(which).may_refetch(now_ms, interval) {
+            return false;
+        }
+        if let TokenError::BadSignature(_) = e {
+            self.count_invalid_signature(now_ms / 1000);
+        }
+        true
+    }
+
+    fn count_invalid_signature(&mut self, now: u64) {
+        if self.invalid_signatures.0 == now {
+            self.invalid_signatures.1 += 1;
+        } else {
+            self.invalid_signatures = (now, 1);
+        }
+    }
+
     /// Remembers refusals that cost a signature check; the cheap ones are cheap again.
     fn remember_refusal(&mut self, token: &str, e: &TokenError, message: &str, now: u64) {
         if let TokenError::BadSignature(_) = e {
-            if self.invalid_signatures.0 == now {
-                self.invalid_signatures.1 += 1;
-            } else {
-                self.invalid_signatures = (now, 1);
-            }
+            self.count_invalid_signature(now);
         }
         if matches!(e, TokenError::BadSignature(_) | TokenError::NoUsername(_)) {
             self.refused
@@ -341,11 +368,7 @@ impl Authenticator {
                     Err(e) => Outcome::Deny(self.session_refused(req, &e.to_string())),
                 }
             }
-            Err(TokenError::UnknownKey(_))
-                if self
-                    .session
-                    .may_refetch(now_ms, self.settings.jwks_refetch_interval_ms) =>
-            {
+            Err(e) if self.keys_may_be_stale(KeyFetch::Session, token, &e, now_ms) => {
                 Outcome::Fetch(KeyFetch::Session)
             }
             Err(e) => {
@@ -792,6 +815,51 @@ mod tests {
             Outcome::Deny(r) => assert_eq!(r.status, 401),
             o => panic!("{o:?}"),
         }
+    }
+
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_os = "unknown"),
+        wasm_bindgen_test::wasm_bindgen_test
+    )]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    fn a_rotated_key_without_kid_is_picked_up_by_one_refetch() {
+        let mut a = authenticator();
+        let old = Idp::new("k1");
+        with_idp(&mut a, &old, NOW_MS);
+        // An IdP that leaves `kid` out of its tokens, after rotating its key.
+        let rotated = Ed25519KeyPair::generate();
+        let mut c = Claims::with_custom_claims(
+            serde_json::json!({"email": "bob@x"}),
+            Duration::from_secs(600),
+        );
+        c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        c.invalid_before = None;
+        c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 600));
+        let token = rotated
+            .sign(c.with_issuer(ISS).with_audience("mlflow"))
+            .unwrap();
+        let r = req(&[("authorization", &bearer(&token))]);
+        let later = NOW_MS + a.settings.jwks_refetch_interval_ms;
+        assert_eq!(a.authenticate(&r, later), Outcome::Fetch(KeyFetch::Idp));
+        let jwks = Jwks {
+            keys: vec![Jwk::ed25519("k2", &rotated.public_key().to_bytes())],
+        };
+        a.set_keys(
+            KeyFetch::Idp,
+            serde_json::to_vec(&jwks).unwrap().as_slice(),
+            later,
+        )
+        .unwrap();
+        assert!(matches!(a.authenticate(&r, later), Outcome::Allow(_)));
+        // A kid-less forgery right after is refused, not refetched again.
+        let forged = with_claims(
+            &token,
+            serde_json::json!({"iss": ISS, "aud": "mlflow", "exp": NOW + 600, "email": "x@y"}),
+        );
+        let r = req(&[("authorization", &bearer(&forged))]);
+        assert!(
+            matches!(a.authenticate(&r, later + 1), Outcome::Deny(ref reply) if reply.status == 401)
+        );
     }
 
     #[cfg_attr(

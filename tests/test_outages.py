@@ -1,0 +1,62 @@
+"""What users see while a part of the stack is down: sign-in fails clearly, bearer
+tokens keep working, nothing gets through without credentials."""
+import pytest
+import requests
+
+from helpers import (API, NAVIGATION, TIMEOUT, assert_unauthenticated, bearer, id_token_for, login,
+                     marker)
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+@pytest.fixture
+def policy_service_down(stack):
+    stack.stop_service()
+    try:
+        yield
+    finally:
+        stack.start_service()
+
+
+@pytest.fixture
+def mlflow_down(stack):
+    stack.stop_mlflow()
+    try:
+        yield
+    finally:
+        stack.start_mlflow()
+
+
+def test_policy_service_down(stack, access_log, policy_service_down):
+    # Signing in needs the service: a clear 503 from Envoy.
+    r = requests.get(stack.url + "/oidc/login?next=%2F", headers=NAVIGATION, allow_redirects=False,
+                     timeout=TIMEOUT)
+    assert r.status_code == 503, r.text[:300]
+    assert r.json()["message"], r.text
+
+    # A bearer token is checked in the filter alone: MLflow still answers.
+    mark = marker()
+    ok = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(id_token_for(stack.idp_url, "alice")),
+                      timeout=TIMEOUT)
+    assert ok.status_code == 200, ok.text[:300]
+    assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
+
+    # Nothing else gets through.
+    for headers in (API, {**API, "Authorization": "Bearer garbage"}):
+        mark = marker()
+        assert_unauthenticated(requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=headers, timeout=TIMEOUT))
+        access_log.assert_mlflow_never_saw(mark)
+
+
+def test_sign_in_works_again_once_the_policy_service_is_back(stack):
+    stack.stop_service()
+    stack.start_service()
+    browser = login(stack, "alice")
+    assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
+
+
+def test_mlflow_down_is_a_clear_503_for_signed_in_users_only(stack, mlflow_down):
+    r = requests.get(stack.url + SEARCH, headers=bearer(id_token_for(stack.idp_url, "alice")), timeout=TIMEOUT)
+    assert r.status_code == 503, r.text[:300]
+    assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE", r.text
+    assert_unauthenticated(requests.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT))

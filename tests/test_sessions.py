@@ -1,0 +1,89 @@
+"""The session cookie: renewed while the session lives, useless once it ended or was altered."""
+import base64
+import json
+import time
+
+import requests
+
+from conftest import CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS
+from helpers import (API, IDENTITY_HEADER, NAVIGATION, TIMEOUT, assert_unauthenticated, b64url,
+                     login, marker, session_cookie, set_cookie_value, with_cookie)
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+# Past the cookie's lifetime, with the filter's clock skew, by a margin.
+PAST_COOKIE_LIFETIME = SESSION_TOKEN_TTL_SECONDS + CLOCK_SKEW_SECONDS + 1
+
+
+def test_session_cookie_renews_itself_while_the_session_lives(stack, access_log):
+    browser = login(stack, "alice")
+    first = session_cookie(browser)
+    time.sleep(PAST_COOKIE_LIFETIME)
+
+    mark = marker()
+    r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text[:300]
+    renewed = set_cookie_value(r)
+    assert renewed, f"no Set-Cookie renewing the session: {dict(r.headers)}"
+    assert renewed != first
+    assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
+    # The browser goes on with the new cookie.
+    assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
+
+
+def test_tampered_session_cookie_is_refused(stack, access_log):
+    browser = login(stack, "alice")
+    cookie = session_cookie(browser)
+    assert requests.get(stack.url + SEARCH, headers=with_cookie(cookie), timeout=TIMEOUT).status_code == 200
+
+    header, payload, signature = cookie.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(sub="admin@example.com", adm=True)
+    promoted = f"{header}.{b64url(json.dumps(claims).encode())}.{signature}"
+    flipped = f"{header}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+
+    for forged in (promoted, flipped):
+        mark = marker()
+        r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=with_cookie(forged), timeout=TIMEOUT)
+        assert_unauthenticated(r)
+        access_log.assert_mlflow_never_saw(mark)
+
+
+def test_identity_header_from_the_client_is_not_trusted(stack, access_log):
+    mark = marker()
+    alone = requests.get(f"{stack.url}{SEARCH}&m={mark}", timeout=TIMEOUT,
+                         headers={**API, IDENTITY_HEADER: "admin@example.com"})
+    assert_unauthenticated(alone)
+    access_log.assert_mlflow_never_saw(mark)
+
+    browser = login(stack, "alice")
+    mark = marker()
+    r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers={**API, IDENTITY_HEADER: "admin@example.com"},
+                    timeout=TIMEOUT)
+    assert r.status_code == 200
+    assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
+
+
+def test_logout_signs_the_browser_out(stack):
+    browser = login(stack, "alice")
+    assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
+
+    out = browser.get(stack.url + "/logout", allow_redirects=False, timeout=TIMEOUT)
+    assert out.status_code in (200, 302, 303), out.text[:300]
+
+    nav = browser.get(stack.url + "/", headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
+    assert nav.status_code == 302 and "/oidc/login" in nav.headers["Location"], nav.text[:300]
+    assert_unauthenticated(browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT))
+
+
+def test_cookie_of_an_ended_session_is_not_renewed(stack, access_log):
+    browser = login(stack, "bob")
+    kept = session_cookie(browser)  # what an attacker copied before the user signed out
+    out = browser.get(stack.url + "/logout", allow_redirects=False, timeout=TIMEOUT)
+    assert out.status_code in (200, 302, 303), out.text[:300]
+    time.sleep(PAST_COOKIE_LIFETIME)
+
+    mark = marker()
+    r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=with_cookie(kept), timeout=TIMEOUT)
+    assert_unauthenticated(r)
+    assert not set_cookie_value(r), "a cookie of an ended session was renewed"
+    access_log.assert_mlflow_never_saw(mark)
