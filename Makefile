@@ -4,6 +4,7 @@
 #   make build       the wasm filter and the policy service (release)
 #   make test        deps + build, then fmt, clippy, native tests, wasm tests, envoy validate, pytest
 #   make demo        deps + build, then the stack on http://127.0.0.1:$${DEMO_PORT:-8080}/
+#   make bench       the filter's throughput against Envoy without it (BENCH_ARGS=--rounds 5)
 #   make bench-deps  wrk and binaryen (wasm-opt), for the benchmark
 
 SHELL := /bin/bash
@@ -23,7 +24,7 @@ SERVICE := target/release/policy-service
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock)
 
 .PHONY: deps rust-targets python-deps wasm-bindgen-runner debian-deps bench-deps build test \
-        fmt-check clippy test-native test-wasm validate-envoy pytest demo clean-state
+        fmt-check clippy test-native test-wasm validate-envoy pytest demo bench clean-state
 
 deps: rust-targets debian-deps python-deps wasm-bindgen-runner
 
@@ -71,8 +72,10 @@ test: deps build
 fmt-check:
 	cargo fmt --all --check
 
+# Natively for the logic and the service, and for wasm32-wasip1 for the Envoy glue.
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p mlflow-edge-authz -p noop-filter --target $(WASM_TARGET) -- -D warnings
 
 test-native:
 	cargo test --workspace
@@ -101,6 +104,11 @@ pytest:
 
 demo: deps build
 	$(PY) envoy/local_stack.py demo
+
+# Figures, not a test: the filter's throughput against Envoy without it (bench/run.py).
+bench: deps bench-deps build
+	cargo build --release --target $(WASM_TARGET) -p noop-filter
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # Forget the demo's state (users, sessions, MLflow data) and old test runs.
 clean-state:
