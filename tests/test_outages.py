@@ -1,10 +1,13 @@
 """What users see while a part of the stack is down: sign-in fails clearly, bearer
 tokens keep working, nothing gets through without credentials."""
+import time
+
 import pytest
 import requests
 
+from conftest import CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS, wait_past_jwks_refetch_limit
 from helpers import (API, NAVIGATION, TIMEOUT, assert_unauthenticated, bearer, id_token_for, login,
-                     marker)
+                     marker, signed_with_own_key)
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -60,3 +63,51 @@ def test_mlflow_down_is_a_clear_503_for_signed_in_users_only(stack, mlflow_down)
     assert r.status_code == 503, r.text[:300]
     assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE", r.text
     assert_unauthenticated(requests.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT))
+
+
+def test_session_cookies_while_the_policy_service_is_down(stack, access_log):
+    browser = login(stack, "alice")
+    stack.stop_service()
+    try:
+        # A cookie within its lifetime is checked in the filter alone.
+        mark = marker()
+        r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+        assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
+        # Past it, renewal needs the service: a clear 503, never a pass.
+        time.sleep(SESSION_TOKEN_TTL_SECONDS + CLOCK_SKEW_SECONDS + 1)
+        mark = marker()
+        r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+        assert r.status_code == 503, r.text[:300]
+        assert "policy service" in r.json()["message"], r.text
+        access_log.assert_mlflow_never_saw(mark)
+    finally:
+        stack.start_service()
+    # Back up: the same browser goes on without signing in again.
+    assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.restarts_idp
+def test_idp_down(stack, access_log):
+    token = id_token_for(stack.idp_url, "alice")
+    assert requests.get(stack.url + SEARCH, headers=bearer(token), timeout=TIMEOUT).status_code == 200
+    stack.stop_idp()
+    try:
+        wait_past_jwks_refetch_limit()
+        # A token already verified keeps working.
+        mark = marker()
+        r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(token), timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+        # One under a key the filter has not seen needs the IdP: 503, saying so.
+        mark = marker()
+        r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(signed_with_own_key(token, kid="new-key")),
+                         timeout=TIMEOUT)
+        assert r.status_code == 503, r.text[:300]
+        assert "identity provider" in r.json()["message"], r.text
+        access_log.assert_mlflow_never_saw(mark)
+        # Garbage is still refused outright.
+        assert_unauthenticated(requests.get(stack.url + SEARCH, headers={**API, "Authorization": "Bearer x.y.z"},
+                                            timeout=TIMEOUT))
+    finally:
+        stack.start_idp()
+        wait_past_jwks_refetch_limit()
