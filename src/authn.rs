@@ -599,10 +599,13 @@ pub fn is_api(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
     use crate::token::tests::{with_claims, Idp, ISS, NOW};
     use jwt_simple::prelude::*;
     use std::collections::HashMap;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     struct Req(HashMap<String, String>);
     impl Headers for Req {
@@ -662,11 +665,7 @@ mod tests {
         format!("Bearer {t}")
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn no_credentials_browser_is_sent_to_sign_in_and_api_gets_401() {
         let mut a = authenticator();
         let nav = req(&[(":path", "/#/experiments?x=1"), ("accept", "text/html,*/*")]);
@@ -720,11 +719,7 @@ mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_bearer_token_is_verified_once_then_served_from_the_cache_until_exp() {
         let mut a = authenticator();
         let auth = [("authorization", "")];
@@ -753,11 +748,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_replayed_forgery_costs_one_signature_check() {
         let mut a = authenticator();
         let idp = Idp::new("k1");
@@ -777,11 +768,7 @@ mod tests {
         assert_eq!(a.refused.len(), 1);
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_flood_of_distinct_forgeries_stops_costing_signature_checks() {
         let mut a = authenticator();
         let idp = Idp::new("k1");
@@ -817,11 +804,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_rotated_key_without_kid_is_picked_up_by_one_refetch() {
         let mut a = authenticator();
         let old = Idp::new("k1");
@@ -862,11 +845,7 @@ mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn an_unknown_kid_refetches_once_per_interval() {
         let mut a = authenticator();
         let idp = Idp::new("k1");
@@ -889,11 +868,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn failed_fetches_fail_closed_and_back_off() {
         let mut a = authenticator();
         let r = req(&[("authorization", "Bearer a.b.c")]);
@@ -948,11 +923,7 @@ mod tests {
         .unwrap();
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn session_cookies_verify_renew_and_refuse() {
         let mut a = authenticator();
         let key = session_key();
@@ -1023,11 +994,7 @@ mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_session_cookie_is_not_a_bearer_token_and_vice_versa() {
         let mut a = authenticator();
         let key = session_key();
@@ -1048,11 +1015,7 @@ mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn other_schemes_and_empty_tokens_are_refused() {
         let mut a = authenticator();
         for value in ["Basic YWxpY2U6eA==", "Bearer ", "Token abc", "bearer"] {
@@ -1064,11 +1027,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn keys_fetched_by_another_vm_are_adopted_only_when_newer() {
         let mut a = authenticator();
         let idp = Idp::new("k1");
@@ -1088,11 +1047,7 @@ mod tests {
         ));
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn api_paths_are_recognised_by_whole_segment() {
         assert!(is_api("/api/2.0/mlflow/runs/get"));
         assert!(is_api("/ajax-api/2.0/mlflow/runs/get?x=1"));

@@ -74,13 +74,12 @@ pub type RefusedCache = TokenCache<Rc<str>>;
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn entries_end_at_their_deadline() {
         let mut c = TokenCache::new(10);
         c.insert("t", 1, 100, 50);
@@ -90,11 +89,7 @@ mod tests {
         assert_eq!(c.get("old", 5), None, "never stored: already expired");
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_full_cache_stays_bounded() {
         let mut c = TokenCache::new(3);
         for i in 0..3 {

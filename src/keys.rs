@@ -176,8 +176,11 @@ fn verifiers_for(jwk: &Jwk, allowed: &[String]) -> Vec<Verifier> {
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
     use crate::settings::ASYMMETRIC_ALGORITHMS;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn all() -> Vec<String> {
         ASYMMETRIC_ALGORITHMS
@@ -186,11 +189,7 @@ mod tests {
             .collect()
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn ed25519_and_ec_keys_load_and_unusable_ones_are_skipped() {
         let ed = Ed25519KeyPair::generate();
         let ec = ES256KeyPair::generate();
@@ -214,11 +213,7 @@ mod tests {
         assert!(set.find(None, "ES256").is_some(), "the only ES256 key");
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn pinned_alg_and_allow_list_limit_the_verifiers() {
         let ed = Ed25519KeyPair::generate();
         let mut jwk = Jwk::ed25519("ed", &ed.public_key().to_bytes());
@@ -230,11 +225,7 @@ mod tests {
         assert!(KeySet::from_jwks(&Jwks { keys: vec![jwk] }, &all()).is_empty());
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn garbage_jwks_is_an_error_not_a_panic() {
         let err = KeySet::from_json(b"<html>", &all()).unwrap_err();
         assert!(err.contains("JWKS"), "{err}");

@@ -74,13 +74,12 @@ pub fn percent_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn sign_in_keeps_the_whole_target() {
         let r = Reply::sign_in("/oidc/login", "/#/experiments/1?a=b&c=d");
         assert_eq!(r.status, 302);
@@ -90,11 +89,7 @@ mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn refusals_use_mlflow_error_shape_and_a_challenge() {
         let r = Reply::unauthenticated("token has \"expired\"", true);
         assert_eq!(r.status, 401);

@@ -238,7 +238,10 @@ fn is_token(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn minimal() -> serde_json::Value {
         serde_json::json!({
@@ -251,11 +254,7 @@ mod tests {
         Settings::from_json(v.to_string().as_bytes())
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn minimal_settings_take_safe_defaults() {
         let s = parse(minimal()).unwrap();
         assert_eq!(s.clock_skew_seconds, 30);
@@ -264,11 +263,7 @@ mod tests {
         assert_eq!(s.oidc_username_field, ["email", "preferred_username"]);
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn unknown_field_is_named() {
         let mut v = minimal();
         v["oidc_audiences"] = serde_json::json!(["x"]);
@@ -276,11 +271,7 @@ mod tests {
         assert!(err.contains("oidc_audiences"), "{err}");
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn missing_and_bad_fields_are_named() {
         let err = parse(serde_json::json!({"oidc_audience": ["m"]})).unwrap_err();
         assert!(err.contains("oidc_discovery_url"), "{err}");
@@ -303,11 +294,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn public_paths_match_whole_segments() {
         let s = parse(minimal()).unwrap();
         assert!(s.is_public("/oidc/login?next=/"));
@@ -319,11 +306,7 @@ mod tests {
         assert!(!s.is_public("/api/2.0/mlflow/experiments/search"));
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn targets_split_authority_and_path() {
         let t = Target::parse("http://127.0.0.1:9400/.well-known/openid-configuration").unwrap();
         assert_eq!(t.authority, "127.0.0.1:9400");

@@ -234,9 +234,12 @@ impl JwtClaims {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
     use crate::wire::{base64url_encode, Jwk, Jwks};
     use jwt_simple::prelude::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     pub const NOW: u64 = 1_800_000_000;
     pub const ISS: &str = "http://idp.test";
@@ -302,11 +305,7 @@ pub(crate) mod tests {
         )
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn a_valid_token_yields_its_username() {
         let idp = Idp::new("k1");
         let (aud, algs) = (audiences(), algorithms());
@@ -325,11 +324,7 @@ pub(crate) mod tests {
         assert_eq!(claims.username(&["sub".to_string()]).unwrap(), "u-1");
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn time_is_checked_with_the_configured_skew_only() {
         let idp = Idp::new("k1");
         let (aud, algs) = (audiences(), algorithms());
@@ -354,11 +349,7 @@ pub(crate) mod tests {
         );
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn forged_and_foreign_tokens_are_refused_with_a_reason() {
         let idp = Idp::new("k1");
         let (aud, algs) = (audiences(), algorithms());

@@ -172,13 +172,12 @@ pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    // Plain #[test] runs natively; on wasm32 this makes it a wasm-bindgen test (run in node).
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn base64url_round_trips_every_length() {
         for len in 0..40u8 {
             let bytes: Vec<u8> = (0..len)
@@ -190,11 +189,7 @@ mod tests {
         }
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn base64url_refuses_other_alphabets_and_padding() {
         assert_eq!(base64url_decode("ab+/"), None);
         assert_eq!(base64url_decode("YQ=="), None);
@@ -203,11 +198,7 @@ mod tests {
         assert_eq!(base64url_decode("YQ"), Some(b"a".to_vec()));
     }
 
-    #[cfg_attr(
-        all(target_arch = "wasm32", target_os = "unknown"),
-        wasm_bindgen_test::wasm_bindgen_test
-    )]
-    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[test]
     fn error_body_has_mlflow_shape() {
         let body = ErrorBody::new("UNAUTHENTICATED", "no credentials").to_json();
         assert_eq!(
