@@ -6,12 +6,14 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{Identity, RefusedCache, VerifiedCache};
+use crate::cache::{CredentialCache, Identity, RefusedCache, VerifiedCache};
 use crate::keys::KeySet;
 use crate::reply::Reply;
 use crate::settings::Settings;
 use crate::token::{peek, Policy, TokenError};
-use crate::wire::{self, Discovery, RenewResponse, SessionClaims};
+use crate::wire::{
+    self, BasicCredential, CredentialIdentity, Discovery, RenewResponse, SessionClaims,
+};
 
 /// Read access to the request's headers (`:path`, `:method` included).
 pub trait Headers {
@@ -40,6 +42,12 @@ pub enum Outcome {
     Fetch(KeyFetch),
     /// Ask the policy service to renew this expired session cookie.
     Renew(String),
+    /// Ask the policy service about this access token; `key` is what the answer
+    /// is cached under (see [`Authenticator::basic_checked`]).
+    CheckBasic {
+        key: [u8; 32],
+        credential: BasicCredential,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +140,7 @@ pub struct Authenticator {
     bearer_cache: VerifiedCache,
     session_cache: VerifiedCache,
     refused: RefusedCache,
+    credentials: CredentialCache,
     /// Signature checks that failed in the current second: (second, count).
     invalid_signatures: (u64, u32),
     pub stats: Stats,
@@ -139,6 +148,8 @@ pub struct Authenticator {
 
 enum Credential<'a> {
     Bearer(&'a str),
+    /// `Authorization: Basic ...`, whole header value.
+    Basic(&'a str),
     Session(&'a str),
     Unsupported(&'static str),
     None,
@@ -155,6 +166,7 @@ impl Authenticator {
             bearer_cache: VerifiedCache::new(n),
             session_cache: VerifiedCache::new(n),
             refused: RefusedCache::new(n.min(4096)),
+            credentials: CredentialCache::new(n),
             invalid_signatures: (0, 0),
             stats: Stats::default(),
         }
@@ -181,6 +193,7 @@ impl Authenticator {
         let outcome = match credential {
             Credential::Bearer(token) => self.bearer(token, now_ms),
             Credential::Session(token) => self.session(token, now_ms, req),
+            Credential::Basic(value) => self.basic(value, now_ms),
             Credential::Unsupported(why) => Outcome::Deny(Reply::unauthenticated(why, true)),
             Credential::None => Outcome::Deny(self.no_credentials(req)),
         };
@@ -250,7 +263,8 @@ impl Authenticator {
                     admin: false,
                 });
                 let until = t.exp.unwrap_or(now).saturating_add(s.clock_skew_seconds);
-                self.bearer_cache.insert(token, id.clone(), until, now);
+                self.bearer_cache
+                    .insert(token.to_string(), id.clone(), until, now);
                 Outcome::Allow(id)
             }
             Err(e) if self.keys_may_be_stale(KeyFetch::Idp, token, &e, now_ms) => {
@@ -258,6 +272,69 @@ impl Authenticator {
             }
             Err(e) => self.refuse(token, e, now),
         }
+    }
+
+    /// A personal access token: the policy service's answer, cached by digest for
+    /// `access_token_cache_seconds` (the bound on how long a revoked token still works).
+    fn basic(&mut self, value: &str, now_ms: u64) -> Outcome {
+        let now = now_ms / 1000;
+        let key = hmac_sha256::Hash::hash(value.as_bytes());
+        match self.credentials.get(&key, now) {
+            Some(Ok(id)) => {
+                self.stats.cache_hits += 1;
+                return Outcome::Allow(id);
+            }
+            Some(Err(why)) => return Outcome::Deny(Reply::unauthenticated(&why, true)),
+            None => {}
+        }
+        match parse_basic(value) {
+            Ok(credential) => Outcome::CheckBasic { key, credential },
+            Err(why) => Outcome::Deny(Reply::unauthenticated(why, true)),
+        }
+    }
+
+    /// The policy service answered about an access token (status 0: no answer).
+    pub fn basic_checked(
+        &mut self,
+        key: [u8; 32],
+        status: u32,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Outcome {
+        let now = now_ms / 1000;
+        let ttl = self.settings.access_token_cache_seconds;
+        let outcome = match status {
+            200 => match serde_json::from_slice::<CredentialIdentity>(body) {
+                Ok(c) => {
+                    let id = Rc::new(Identity {
+                        username: c.username,
+                        admin: c.admin,
+                    });
+                    let until = (now + ttl).min(c.expires_at);
+                    self.credentials.insert(key, Ok(id.clone()), until, now);
+                    Outcome::Allow(id)
+                }
+                Err(e) => Outcome::Deny(Reply::unavailable(&format!(
+                    "access token check answer from the policy service is invalid: {e}"
+                ))),
+            },
+            401 | 403 => {
+                let why = serde_json::from_slice::<wire::ErrorBody>(body)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| "access token is not valid".to_string());
+                self.credentials
+                    .insert(key, Err(Rc::from(why.as_str())), now + ttl, now);
+                Outcome::Deny(Reply::unauthenticated(&why, true))
+            }
+            0 => Outcome::Deny(Reply::unavailable(
+                "access token cannot be checked: the policy service did not answer",
+            )),
+            s => Outcome::Deny(Reply::unavailable(&format!(
+                "access token cannot be checked: the policy service answered {s}"
+            ))),
+        };
+        self.count(&outcome);
+        outcome
     }
 
     fn refuse(&mut self, token: &str, e: TokenError, now: u64) -> Outcome {
@@ -305,8 +382,12 @@ impl Authenticator {
             self.count_invalid_signature(now);
         }
         if matches!(e, TokenError::BadSignature(_) | TokenError::NoUsername(_)) {
-            self.refused
-                .insert(token, Rc::from(message), now + REFUSED_TTL_SECONDS, now);
+            self.refused.insert(
+                token.to_string(),
+                Rc::from(message),
+                now + REFUSED_TTL_SECONDS,
+                now,
+            );
         }
     }
 
@@ -359,7 +440,8 @@ impl Authenticator {
             Ok((exp, id)) => {
                 self.stats.verified += 1;
                 let until = exp.saturating_add(self.settings.clock_skew_seconds);
-                self.session_cache.insert(token, id.clone(), until, now);
+                self.session_cache
+                    .insert(token.to_string(), id.clone(), until, now);
                 Outcome::Allow(id)
             }
             Err(TokenError::Expired) => {
@@ -414,7 +496,8 @@ impl Authenticator {
                     let fresh = self.session(&r.session, now_ms, req);
                     if let Outcome::Allow(id) = &fresh {
                         // Requests already in flight with the old cookie need no second renewal.
-                        self.session_cache.insert(old, id.clone(), now + 30, now);
+                        self.session_cache
+                            .insert(old.to_string(), id.clone(), now + 30, now);
                         let outcome = fresh.clone();
                         self.count(&outcome);
                         return (outcome, Some(r.set_cookie));
@@ -427,7 +510,7 @@ impl Authenticator {
             },
             401 | 403 => {
                 self.refused.insert(
-                    old,
+                    old.to_string(),
                     Rc::from("session has ended; sign in again"),
                     now + REFUSED_TTL_SECONDS,
                     now,
@@ -561,10 +644,48 @@ fn parse_authorization(value: &str) -> Credential<'_> {
             Credential::Bearer(rest)
         }
     } else if scheme.eq_ignore_ascii_case("basic") {
-        Credential::Unsupported("basic credentials are not accepted: use a bearer token or sign in")
+        Credential::Basic(value)
     } else {
         Credential::Unsupported("authorization header scheme is not supported: use Bearer")
     }
+}
+
+/// `Basic base64(username:token)`: the username lower-cased, as the service stores it.
+fn parse_basic(value: &str) -> Result<BasicCredential, &'static str> {
+    let encoded = value.trim().split_once(' ').map_or("", |(_, v)| v.trim());
+    let decoded = base64_decode(encoded).ok_or("basic credentials are not valid base64")?;
+    let text = String::from_utf8(decoded).map_err(|_| "basic credentials are not UTF-8")?;
+    let (username, token) = text
+        .split_once(':')
+        .ok_or("basic credentials lack the ':' between username and token")?;
+    if username.is_empty() || token.is_empty() {
+        return Err("basic credentials need a username and an access token");
+    }
+    Ok(BasicCredential {
+        username: username.to_lowercase(),
+        token: token.to_string(),
+    })
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as HTTP Basic uses.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let unpadded = text.trim_end_matches('=');
+    if text.len() - unpadded.len() > 2 {
+        return None;
+    }
+    let url_safe: String = unpadded
+        .chars()
+        .map(|c| match c {
+            '+' => Some('-'),
+            '/' => Some('_'),
+            '-' | '_' => None,
+            c => Some(c),
+        })
+        .collect::<Option<String>>()?;
+    wire::base64url_decode(&url_safe)
 }
 
 /// The first cookie called `name`.
@@ -1018,13 +1139,88 @@ mod tests {
     #[test]
     fn other_schemes_and_empty_tokens_are_refused() {
         let mut a = authenticator();
-        for value in ["Basic YWxpY2U6eA==", "Bearer ", "Token abc", "bearer"] {
+        for value in [
+            "Bearer ",
+            "Token abc",
+            "bearer",
+            "Basic !!!!",
+            "Basic YWxpY2U=",
+            "Basic OnRva2Vu",
+        ] {
             let r = req(&[("authorization", value)]);
             assert!(
                 matches!(a.authenticate(&r, NOW_MS), Outcome::Deny(ref reply) if reply.status == 401),
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn access_tokens_are_checked_by_the_service_once_then_cached_by_digest() {
+        let mut a = authenticator();
+        // "Alice:mlf_1234abcd_secret", as MLflow clients send it.
+        let value = "Basic QWxpY2U6bWxmXzEyMzRhYmNkX3NlY3JldA==";
+        let r = req(&[("authorization", value)]);
+        let key = match a.authenticate(&r, NOW_MS) {
+            Outcome::CheckBasic { key, credential } => {
+                assert_eq!(credential.username, "alice");
+                assert_eq!(credential.token, "mlf_1234abcd_secret");
+                key
+            }
+            o => panic!("{o:?}"),
+        };
+        let answer = serde_json::json!({"username": "alice@example.com", "admin": false, "expires_at": NOW + 3600});
+        let o = a.basic_checked(key, 200, answer.to_string().as_bytes(), NOW_MS);
+        assert!(
+            matches!(o, Outcome::Allow(ref id) if id.username == "alice@example.com"),
+            "{o:?}"
+        );
+        assert!(matches!(
+            a.authenticate(&r, NOW_MS + 1000),
+            Outcome::Allow(_)
+        ));
+        // The cached answer ends after access_token_cache_seconds: a revocation's bound.
+        let later = NOW_MS + a.settings.access_token_cache_seconds * 1000;
+        assert!(matches!(
+            a.authenticate(&r, later),
+            Outcome::CheckBasic { .. }
+        ));
+        // Refusals are cached too, and say why; no answer is 503.
+        let bad = req(&[("authorization", "Basic Ym9iOm5vcGU=")]);
+        let Outcome::CheckBasic { key, .. } = a.authenticate(&bad, NOW_MS) else {
+            panic!()
+        };
+        let o = a.basic_checked(
+            key,
+            401,
+            br#"{"error_code":"UNAUTHENTICATED","message":"access token is revoked"}"#,
+            NOW_MS,
+        );
+        assert!(
+            matches!(o, Outcome::Deny(ref r) if r.status == 401 && r.body.contains("revoked")),
+            "{o:?}"
+        );
+        assert!(matches!(a.authenticate(&bad, NOW_MS), Outcome::Deny(ref r) if r.status == 401));
+        let other = req(&[("authorization", "Basic Y2Fyb2w6eA==")]);
+        let Outcome::CheckBasic { key, .. } = a.authenticate(&other, NOW_MS) else {
+            panic!()
+        };
+        assert!(
+            matches!(a.basic_checked(key, 0, b"", NOW_MS), Outcome::Deny(ref r) if r.status == 503)
+        );
+        // An answer past the token's own expiry is never cached beyond it.
+        let Outcome::CheckBasic { key, .. } = a.authenticate(&other, NOW_MS) else {
+            panic!()
+        };
+        let answer = serde_json::json!({"username": "carol", "expires_at": NOW + 2});
+        assert!(matches!(
+            a.basic_checked(key, 200, answer.to_string().as_bytes(), NOW_MS),
+            Outcome::Allow(_)
+        ));
+        assert!(matches!(
+            a.authenticate(&other, NOW_MS + 2000),
+            Outcome::CheckBasic { .. }
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use crate::authn::{Authenticator, Headers, KeyFetch, KeyRecord, Outcome};
 use crate::reply::Reply;
 use crate::settings::{Settings, Target};
-use crate::wire::{RenewRequest, SESSION_KEYS_PATH, SESSION_RENEW_PATH};
+use crate::wire::{RenewRequest, BASIC_CHECK_PATH, SESSION_KEYS_PATH, SESSION_RENEW_PATH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -126,6 +126,8 @@ enum Pending {
     Discovery,
     Keys(KeyFetch),
     Renew(String),
+    /// An access token check, by the digest its answer is cached under.
+    Basic([u8; 32]),
 }
 
 struct Http {
@@ -152,26 +154,24 @@ impl Http {
         for _ in 0..3 {
             let outcome = auth.borrow_mut().authenticate(self, now_ms());
             match outcome {
-                Outcome::Allow(id) => {
-                    let header = &auth.borrow().settings.identity_header.clone();
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpRequestHeaders,
-                        header,
-                        Some(&id.username),
-                    );
-                    return Action::Continue;
+                outcome @ (Outcome::Allow(_) | Outcome::Public | Outcome::Deny(_)) => {
+                    return self.act_on(outcome)
                 }
-                Outcome::Public => {
-                    let header = &auth.borrow().settings.identity_header.clone();
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, None);
-                    return Action::Continue;
-                }
-                Outcome::Deny(reply) => return self.answer(&reply),
                 Outcome::Fetch(which) => {
                     if adopt_shared(&mut auth.borrow_mut(), which) {
                         continue;
                     }
                     return self.fetch(which);
+                }
+                Outcome::CheckBasic { key, credential } => {
+                    let body = serde_json::to_vec(&credential).unwrap_or_default();
+                    return self.call(
+                        Pending::Basic(key),
+                        CalloutTarget::Service,
+                        "POST",
+                        BASIC_CHECK_PATH,
+                        Some(&body),
+                    );
                 }
                 Outcome::Renew(old) => {
                     let body = serde_json::to_vec(&RenewRequest {
@@ -189,6 +189,31 @@ impl Http {
             }
         }
         self.answer(&Reply::unavailable("keys could not be loaded; try again"))
+    }
+
+    /// Forwards (with the identity, or stripped of any) or answers. Outcomes that
+    /// need a callout do not reach here.
+    fn act_on(&mut self, outcome: Outcome) -> Action {
+        let settings = self.auth.borrow().settings.clone();
+        let header = settings.identity_header.as_str();
+        match outcome {
+            Outcome::Allow(id) => {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    header,
+                    Some(&id.username),
+                );
+                Action::Continue
+            }
+            Outcome::Public => {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, None);
+                Action::Continue
+            }
+            Outcome::Deny(reply) => self.answer(&reply),
+            _ => self.answer(&Reply::unavailable(
+                "the policy service gave no usable answer",
+            )),
+        }
     }
 
     fn fetch(&mut self, which: KeyFetch) -> Action {
@@ -279,6 +304,11 @@ impl Http {
                     "session cannot be renewed: {error}"
                 )))
             }
+            Pending::Basic(_) => {
+                return self.answer(&Reply::unavailable(&format!(
+                    "access token cannot be checked: {error}"
+                )))
+            }
         };
         log::warn!("{error}");
         let reply = self.auth.borrow_mut().fetch_failed(which, error, now_ms());
@@ -340,20 +370,15 @@ impl Context for Http {
                 let auth = self.auth.clone();
                 let (outcome, set_cookie) =
                     auth.borrow_mut().renewed(&old, status, &body, self, now);
-                match outcome {
-                    Outcome::Allow(id) => {
-                        self.set_cookie = set_cookie;
-                        let header = auth.borrow().settings.identity_header.clone();
-                        let _ = hostcalls::set_map_value(
-                            MapType::HttpRequestHeaders,
-                            &header,
-                            Some(&id.username),
-                        );
-                        Action::Continue
-                    }
-                    Outcome::Deny(reply) => self.answer(&reply),
-                    _ => self.answer(&Reply::unavailable("session renewal gave no answer")),
-                }
+                self.set_cookie = set_cookie;
+                self.act_on(outcome)
+            }
+            Pending::Basic(key) => {
+                let outcome = self
+                    .auth
+                    .borrow_mut()
+                    .basic_checked(key, status, &body, now);
+                self.act_on(outcome)
             }
             pending if status != 200 => {
                 let what = if status == 0 {

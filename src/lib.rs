@@ -5,6 +5,7 @@
 
 pub mod authn;
 pub mod cache;
+pub mod claims;
 pub mod keys;
 pub mod reply;
 pub mod settings;

@@ -57,6 +57,10 @@ pub struct Settings {
     /// Verified tokens kept per VM.
     #[serde(default = "default_token_cache_max_entries")]
     pub token_cache_max_entries: usize,
+    /// How long the policy service's answer about an access token (HTTP Basic) is
+    /// reused: the bound on how long a revoked token keeps working.
+    #[serde(default = "default_access_token_cache_seconds")]
+    pub access_token_cache_seconds: u64,
     /// Signature checks that may fail per second per VM. Past it, tokens not yet
     /// verified get 503 until the second ends: a flood of distinct forgeries cannot
     /// buy a 0.5 ms signature check each. Cached tokens keep working.
@@ -102,6 +106,9 @@ fn default_callout_timeout_ms() -> u64 {
 }
 fn default_token_cache_max_entries() -> usize {
     10_000
+}
+fn default_access_token_cache_seconds() -> u64 {
+    30
 }
 fn default_max_invalid_signatures_per_second() -> u32 {
     20
@@ -206,6 +213,9 @@ impl Settings {
         }
         if self.callout_timeout_ms == 0 || self.callout_timeout_ms > 60_000 {
             return bad("callout_timeout_ms", "must be between 1 and 60000".into());
+        }
+        if self.access_token_cache_seconds > 3600 {
+            return bad("access_token_cache_seconds", "must be at most 3600".into());
         }
         if self.token_cache_max_entries == 0 {
             return bad("token_cache_max_entries", "must be at least 1".into());

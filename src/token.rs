@@ -214,21 +214,16 @@ pub struct JwtClaims {
 }
 
 impl JwtClaims {
-    /// The first non-empty string among `fields` (`OIDC_USERNAME_FIELD`), lower-cased.
+    /// The username by `OIDC_USERNAME_FIELD`: the rule of [`crate::claims::username_by`].
     pub fn username(&self, fields: &[String]) -> Result<String, TokenError> {
-        fields
-            .iter()
-            .find_map(|f| {
-                let v = if f == "sub" {
-                    self.sub.as_deref()
-                } else {
-                    self.custom.get(f).and_then(Value::as_str)
-                };
-                v.map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_lowercase)
-            })
-            .ok_or_else(|| TokenError::NoUsername(fields.join(", ")))
+        crate::claims::username_by(fields, |f| {
+            if f == "sub" {
+                self.sub.as_deref()
+            } else {
+                self.custom.get(f).and_then(Value::as_str)
+            }
+        })
+        .map_err(|e| TokenError::NoUsername(e.fields))
     }
 }
 

@@ -13,6 +13,28 @@ pub const SESSION_KEYS_PATH: &str = "/authz/v1/keys";
 /// server-side session lives. Body: [`RenewRequest`]; 200 answer: [`RenewResponse`].
 pub const SESSION_RENEW_PATH: &str = "/authz/v1/session/renew";
 
+/// Check a personal access token, as sent by MLflow clients in HTTP Basic
+/// (`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`). Body: [`BasicCredential`];
+/// 200: [`CredentialIdentity`]; 401: [`ErrorBody`] saying why.
+pub const BASIC_CHECK_PATH: &str = "/authz/v1/credentials/basic";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicCredential {
+    pub username: String,
+    pub token: String,
+}
+
+/// Who a credential speaks for, as the policy service found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialIdentity {
+    pub username: String,
+    #[serde(default)]
+    pub admin: bool,
+    /// When the credential stops being valid, seconds since the epoch: the filter
+    /// never caches the answer beyond it.
+    pub expires_at: u64,
+}
+
 /// Custom claims of the session cookie, a compact EdDSA JWS signed by the policy
 /// service. Standard claims: `sub` = username, `iss` = [`SESSION_ISSUER`],
 /// `aud` = [`SESSION_AUDIENCE`], `iat`, `exp` (minutes after `iat`).
