@@ -185,6 +185,8 @@ class Stack:
         service_env: dict[str, str] | None = None,
         filter_config: dict | None = None,
         users: dict[str, list[str]] | None = None,
+        user_claims: dict[str, dict] | None = None,
+        graph_groups: dict | None = None,
         idp_token_max_age: int | None = None,
         start_timeout: float = 60.0,
     ):
@@ -197,6 +199,12 @@ class Stack:
         self.service_env = dict(service_env or {})
         self.filter_overrides = dict(filter_config or {})
         self.users = dict(USERS if users is None else users)
+        # More IdP users, sub -> exactly these claims (no groups claim unless given).
+        self.user_claims = dict(user_claims or {})
+        # When set, a Microsoft Graph stand-in (tests/graph_standin.py) serves these
+        # memberships (sub -> groups, see there) and OIDC_GRAPH_API_URL points at it.
+        self.graph_groups = graph_groups
+        self.graph_port = free_port() if graph_groups is not None else None
         self.idp_token_max_age = idp_token_max_age
         self.start_timeout = start_timeout
         self.procs: dict[str, Proc] = {}
@@ -231,6 +239,11 @@ class Stack:
         return f"http://127.0.0.1:{self.service_port}"
 
     @property
+    def graph_url(self) -> str | None:
+        """The Graph stand-in's base URL (OIDC_GRAPH_API_URL), when there is one."""
+        return f"http://127.0.0.1:{self.graph_port}/v1.0" if self.graph_port else None
+
+    @property
     def access_log(self) -> pathlib.Path:
         return self.base_dir / "access.log"
 
@@ -251,6 +264,8 @@ class Stack:
         atexit.register(self.stop)  # no orphans if the caller forgets (or dies of an exception)
         try:
             self.start_idp()
+            if self.graph_groups is not None:
+                self.start_graph_standin()
             self.start_mlflow()
             self.start_service()
             self.start_envoy()
@@ -310,6 +325,8 @@ class Stack:
         for sub, groups in self.users.items():
             claims = {"sub": sub, "email": f"{sub}@example.com", "groups": groups}
             argv += ["--user-claims", json.dumps(claims)]
+        for sub, extra in self.user_claims.items():
+            argv += ["--user-claims", json.dumps({**extra, "sub": sub})]
         return argv
 
     def start_idp(self) -> None:
@@ -350,6 +367,24 @@ class Stack:
 
     def stop_extra_idp(self, name: str) -> None:
         self._stop(name)
+
+    # ---- Microsoft Graph stand-in (group detection tests) ------------------------------
+    def start_graph_standin(self) -> None:
+        """tests/graph_standin.py on graph_port, serving graph_groups (written to a file)."""
+        groups_file = self.base_dir / "graph_groups.json"
+        groups_file.write_text(json.dumps(self.graph_groups))
+        self._check_port_free("graph", self.graph_port)
+        argv = [str(VENV_BIN / "python"), str(ROOT / "tests" / "graph_standin.py"),
+                "--port", str(self.graph_port), "--idp-url", self.idp_url,
+                "--groups", str(groups_file)]
+        self.procs["graph"] = Proc("graph", argv, self.log_path("graph"),
+                                   env={"PYTHONUNBUFFERED": "1"})
+
+        def ready():
+            status, body = _http_get(f"http://127.0.0.1:{self.graph_port}/health")
+            return status == 200, f"{status} {body[:200]}"
+
+        self._wait("graph", ready, f"GET http://127.0.0.1:{self.graph_port}/health")
 
     # ---- MLflow ------------------------------------------------------------------------
     def start_mlflow(self) -> None:
@@ -403,6 +438,8 @@ class Stack:
             "SECRET_KEY": self.secret_key(),
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         }
+        if self.graph_url:
+            env["OIDC_GRAPH_API_URL"] = self.graph_url
         env.update(self.service_env)
         return env
 

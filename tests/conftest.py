@@ -22,6 +22,9 @@ SESSION_TOKEN_TTL_SECONDS = 5
 # The filter's settings for tests: a tight clock and a fast JWKS refetch.
 CLOCK_SKEW_SECONDS = 1
 JWKS_REFETCH_INTERVAL_SECONDS = 1.0
+# How long the filter reuses the policy service's answer about an access token: the
+# bound on how long a revoked token keeps working.
+ACCESS_TOKEN_CACHE_SECONDS = 2
 
 
 KEEP_RUNS = 5
@@ -44,6 +47,7 @@ def stack():
         filter_config={
             "clock_skew_seconds": CLOCK_SKEW_SECONDS,
             "jwks_refetch_interval_ms": int(JWKS_REFETCH_INTERVAL_SECONDS * 1000),
+            "access_token_cache_seconds": ACCESS_TOKEN_CACHE_SECONDS,
         },
     )
     s.start()

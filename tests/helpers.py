@@ -6,8 +6,11 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import pathlib
 import secrets
+import subprocess
+import sys
 import time
 import urllib.parse as up
 import uuid
@@ -265,3 +268,34 @@ def assert_unauthenticated(resp: requests.Response) -> dict:
     assert body.get("error_code") == "UNAUTHENTICATED", body
     assert isinstance(body.get("message"), str) and body["message"], body
     return body
+
+
+# ---- the MLflow Python client ------------------------------------------------------------
+MLFLOW_CLIENT = r"""
+import json, sys
+from mlflow import MlflowClient
+client = MlflowClient()
+name = sys.argv[1]
+experiment_id = client.create_experiment(name)
+run = client.create_run(experiment_id)
+client.log_param(run.info.run_id, "alpha", "0.5")
+client.log_metric(run.info.run_id, "rmse", 0.25)
+client.set_terminated(run.info.run_id)
+back = client.get_run(run.info.run_id)
+print(json.dumps({
+    "experiment": client.get_experiment_by_name(name).experiment_id,
+    "experiment_id": experiment_id,
+    "params": back.data.params,
+    "metrics": back.data.metrics,
+}))
+"""
+
+
+def run_mlflow_client(stack, env: dict, *args) -> subprocess.CompletedProcess:
+    """The MLflow client in its own process (it reads MLFLOW_* at import), pointed at
+    Envoy, with `env` for its credentials: it creates an experiment named args[0] and
+    logs a run, then reads them back (JSON on the last line of stdout)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full.update(MLFLOW_TRACKING_URI=stack.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", **env)
+    return subprocess.run([sys.executable, "-c", MLFLOW_CLIENT, *args], env=full, capture_output=True,
+                          text=True, timeout=120, cwd=pathlib.Path(stack.base_dir))

@@ -1,41 +1,12 @@
 """The MLflow Python client, pointed at Envoy with an ID token, works as against MLflow."""
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import uuid
 
-from helpers import id_token_for
-
-CLIENT = r"""
-import json, sys
-from mlflow import MlflowClient
-
-client = MlflowClient()
-name = sys.argv[1]
-experiment_id = client.create_experiment(name)
-run = client.create_run(experiment_id)
-client.log_param(run.info.run_id, "alpha", "0.5")
-client.log_metric(run.info.run_id, "rmse", 0.25)
-client.set_terminated(run.info.run_id)
-back = client.get_run(run.info.run_id)
-print(json.dumps({
-    "experiment": client.get_experiment_by_name(name).experiment_id,
-    "experiment_id": experiment_id,
-    "params": back.data.params,
-    "metrics": back.data.metrics,
-}))
-"""
+from helpers import id_token_for, run_mlflow_client
 
 
 def run_client(stack, token, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=stack.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-    if token:
-        env["MLFLOW_TRACKING_TOKEN"] = token
-    return subprocess.run([sys.executable, "-c", CLIENT, *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=pathlib.Path(stack.base_dir))
+    return run_mlflow_client(stack, {"MLFLOW_TRACKING_TOKEN": token} if token else {}, *args)
 
 
 def test_client_logs_and_reads_a_run_through_envoy(stack, access_log):

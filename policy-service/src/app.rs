@@ -9,6 +9,7 @@ use axum::Router;
 use mlflow_edge_authz::wire::ErrorBody;
 use thiserror::Error;
 
+use crate::groups::{DetectorError, GroupDetector};
 use crate::idp::{Idp, IdpError};
 use crate::routes;
 use crate::session::SessionKeys;
@@ -22,13 +23,17 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Idp(#[from] IdpError),
+    #[error(transparent)]
+    Groups(#[from] DetectorError),
 }
 
 pub struct Inner {
     pub settings: Settings,
     pub store: Store,
     pub keys: SessionKeys,
-    pub idp: Idp,
+    pub idp: Arc<Idp>,
+    /// Where signing-in users' groups come from (`OIDC_GROUP_DETECTION_PLUGIN`).
+    pub groups: Box<dyn GroupDetector>,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -48,12 +53,14 @@ impl AppState {
     pub async fn new(settings: Settings) -> Result<Self, StartError> {
         let store = Store::connect(&settings.database_url).await?;
         let keys = SessionKeys::load_or_create(&store).await?;
-        let idp = Idp::new(&settings)?;
+        let idp = Arc::new(Idp::new(&settings)?);
+        let groups = crate::groups::detector(&settings, idp.clone())?;
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
             keys,
             idp,
+            groups,
         })))
     }
 }
@@ -63,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(routes::auth::router())
         .merge(routes::session::router())
+        .merge(routes::tokens::router())
         // The callback path comes from OIDC_REDIRECT_URI; the fallback serves it,
         // so no configured path can clash with a route.
         .fallback(routes::auth::callback_or_not_found)

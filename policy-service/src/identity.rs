@@ -2,33 +2,32 @@
 
 use serde_json::{Map, Value};
 
+use crate::groups::pattern::{first_match, GroupPattern};
+
 /// The outcome of the group gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// In an `OIDC_ADMIN_GROUP_NAME` group: admitted, and admin.
     Admin,
     /// In an `OIDC_GROUP_NAME` group: admitted.
     Member,
+    /// In a group that matches an `OIDC_GROUP_NAME_PATTERN` pattern: admitted.
+    MemberByPattern { group: String, pattern: String },
     /// In neither: refused.
     Refused,
 }
 
 /// The username: the first claim of `fields` holding a non-empty string,
-/// lower-cased. The error names the fields tried.
+/// lower-cased (the rule the filter applies to bearer tokens too). The error
+/// names the fields tried.
 pub fn username(claims: &Map<String, Value>, fields: &[String]) -> Result<String, String> {
-    fields
-        .iter()
-        .find_map(|field| match claims.get(field) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_lowercase()),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            format!(
-                "the identity provider sent none of the claims that name a user ({}); \
-                 set OIDC_USERNAME_FIELD to a claim it sends",
-                fields.join(", ")
-            )
-        })
+    mlflow_edge_authz::claims::username(claims, fields).map_err(|e| {
+        format!(
+            "the identity provider sent none of the claims that name a user ({}); \
+             set OIDC_USERNAME_FIELD to a claim it sends",
+            e.fields
+        )
+    })
 }
 
 /// The display name: the `name` claim, else the username.
@@ -39,10 +38,33 @@ pub fn display_name(claims: &Map<String, Value>, username: &str) -> String {
     }
 }
 
-/// The groups of the top-level claim `attribute`. A lone string is one group;
-/// non-strings and empty strings are dropped; duplicates are dropped.
+/// The claim `attribute` names (`OIDC_GROUPS_ATTRIBUTE`): a top-level claim of that
+/// exact name (so names with dots, like Auth0's `https://example.com/groups`, work),
+/// else a dotted path into nested objects (Keycloak's `realm_access.roles`).
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, attribute: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(attribute) {
+        return Some(value);
+    }
+    if !attribute.contains('.') {
+        return None;
+    }
+    let mut parts = attribute.split('.');
+    let mut value = claims.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// The groups of the claim `attribute` (see [`claim_at`]). A lone string is one
+/// group; non-strings and empty strings are dropped; duplicates are dropped.
 pub fn groups(claims: &Map<String, Value>, attribute: &str) -> Vec<String> {
-    let candidates: Vec<&Value> = match claims.get(attribute) {
+    group_names(claim_at(claims, attribute))
+}
+
+/// A claim's value as group names: a list of strings, or a lone string.
+pub fn group_names(value: Option<&Value>) -> Vec<String> {
+    let candidates: Vec<&Value> = match value {
         Some(Value::Array(items)) => items.iter().collect(),
         Some(value @ Value::String(_)) => vec![value],
         _ => Vec::new(),
@@ -58,15 +80,29 @@ pub fn groups(claims: &Map<String, Value>, attribute: &str) -> Vec<String> {
     out
 }
 
-/// The login gate: exact group-name matches, admin groups first.
-pub fn admission(groups: &[String], allowed: &[String], admin: &[String]) -> Admission {
+/// The login gate, admin groups first (exact names), then the allowed groups (exact
+/// names) and the `OIDC_GROUP_NAME_PATTERN` wildcards, which never make an admin.
+pub fn admission(
+    groups: &[String],
+    allowed: &[String],
+    patterns: &[GroupPattern],
+    admin: &[String],
+) -> Admission {
     if groups.iter().any(|g| admin.contains(g)) {
-        Admission::Admin
-    } else if groups.iter().any(|g| allowed.contains(g)) {
-        Admission::Member
-    } else {
-        Admission::Refused
+        return Admission::Admin;
     }
+    if groups.iter().any(|g| allowed.contains(g)) {
+        return Admission::Member;
+    }
+    for group in groups {
+        if let Some(pattern) = first_match(patterns, group) {
+            return Admission::MemberByPattern {
+                group: group.clone(),
+                pattern: pattern.to_string(),
+            };
+        }
+    }
+    Admission::Refused
 }
 
 #[cfg(test)]
@@ -126,23 +162,83 @@ mod tests {
     fn gate() {
         let allowed = fields(&["mlflow"]);
         let admin = fields(&["mlflow-admin", "ops"]);
+        let gate = |groups: &[&str]| admission(&fields(groups), &allowed, &[], &admin);
+        assert_eq!(gate(&["ops"]), Admission::Admin);
+        assert_eq!(gate(&["x", "mlflow"]), Admission::Member);
+        assert_eq!(gate(&["mlflow", "mlflow-admin"]), Admission::Admin);
+        assert_eq!(gate(&["MLflow", "other"]), Admission::Refused);
+        assert_eq!(gate(&[]), Admission::Refused);
+    }
+
+    #[test]
+    fn gate_with_patterns() {
+        let allowed = fields(&["mlflow"]);
+        let admin = fields(&["mlflow-admin"]);
+        let patterns = vec![GroupPattern::new("team-*"), GroupPattern::new("ml-?")];
+        let gate = |groups: &[&str]| admission(&fields(groups), &allowed, &patterns, &admin);
         assert_eq!(
-            admission(&fields(&["ops"]), &allowed, &admin),
-            Admission::Admin
+            gate(&["other", "team-data"]),
+            Admission::MemberByPattern {
+                group: "team-data".into(),
+                pattern: "team-*".into()
+            }
         );
         assert_eq!(
-            admission(&fields(&["x", "mlflow"]), &allowed, &admin),
-            Admission::Member
+            gate(&["ml-x"]),
+            Admission::MemberByPattern {
+                group: "ml-x".into(),
+                pattern: "ml-?".into()
+            }
+        );
+        // Exact names win over patterns; admin wins over both.
+        assert_eq!(gate(&["team-a", "mlflow"]), Admission::Member);
+        assert_eq!(gate(&["team-a", "mlflow-admin"]), Admission::Admin);
+        // Patterns never make an admin, even one matching the admin group's name.
+        let admin_like = vec![GroupPattern::new("mlflow-*")];
+        assert_eq!(
+            admission(&fields(&["mlflow-admins"]), &allowed, &admin_like, &admin),
+            Admission::MemberByPattern {
+                group: "mlflow-admins".into(),
+                pattern: "mlflow-*".into()
+            }
+        );
+        assert_eq!(gate(&["Team-a", "ml-xy", "team"]), Admission::Refused);
+    }
+
+    #[test]
+    fn groups_at_a_dotted_path() {
+        let c = claims(json!({
+            "realm_access": {"roles": ["mlflow", "offline_access", 3, "mlflow"]},
+            "resource_access": {"mlflow": {"roles": "mlflow-admin"}},
+            "https://example.com/groups": ["auth0-group"],
+            "a": {"b": 1},
+            "flat": "x",
+        }));
+        assert_eq!(
+            groups(&c, "realm_access.roles"),
+            vec!["mlflow", "offline_access"]
         );
         assert_eq!(
-            admission(&fields(&["mlflow", "mlflow-admin"]), &allowed, &admin),
-            Admission::Admin
+            groups(&c, "resource_access.mlflow.roles"),
+            vec!["mlflow-admin"]
         );
+        // A top-level claim whose name has dots is read as is.
         assert_eq!(
-            admission(&fields(&["MLflow", "other"]), &allowed, &admin),
-            Admission::Refused
+            groups(&c, "https://example.com/groups"),
+            vec!["auth0-group"]
         );
-        assert_eq!(admission(&[], &allowed, &admin), Admission::Refused);
+        for missing in [
+            "realm_access.nope",
+            "realm_access.roles.x",
+            "a.b",
+            "a.b.c",
+            "flat.x",
+            "nope.x",
+            ".",
+            "realm_access.",
+        ] {
+            assert!(groups(&c, missing).is_empty(), "{missing}");
+        }
     }
 
     #[test]

@@ -15,9 +15,9 @@ use openidconnect::core::{
 use openidconnect::{
     reqwest, AdditionalClaims, AuthType, AuthorizationCode, ClaimsVerificationError, Client,
     ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IdTokenFields, JsonWebKeySet, Nonce, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
-    TokenResponse,
+    EndpointSet, IdTokenFields, JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -81,6 +81,8 @@ pub enum IdpError {
     InvalidIdToken(String),
     #[error("cannot start the HTTP client for the identity provider: {0}")]
     Client(String),
+    #[error("the identity provider's UserInfo answer is not usable: {0}")]
+    UserInfo(String),
 }
 
 /// Joins an error and its sources: "request failed: connection refused".
@@ -101,6 +103,12 @@ pub fn error_chain(err: &dyn StdError) -> String {
 struct Cached {
     metadata: CoreProviderMetadata,
     fetched_at: Instant,
+}
+
+/// A finished code exchange: the verified ID token's claims and the access token.
+pub struct LoginTokens {
+    pub claims: Map<String, Value>,
+    pub access_token: String,
 }
 
 /// A started login: where to send the browser, and what to remember.
@@ -261,13 +269,14 @@ impl Idp {
 
     /// Exchanges the code (with the PKCE verifier) and verifies the ID token:
     /// signature against the IdP's JWKS (refetched once on a signature failure),
-    /// `iss`, `aud`, `exp` and `nonce`. Returns every claim of the ID token.
+    /// `iss`, `aud`, `exp` and `nonce`. Returns every claim of the ID token, and the
+    /// access token (for UserInfo and group detection).
     pub async fn finish_login(
         &self,
         code: &str,
         pkce_verifier: &str,
         nonce: &str,
-    ) -> Result<Map<String, Value>, IdpError> {
+    ) -> Result<LoginTokens, IdpError> {
         let cached = self.metadata(false).await?;
         let client = self.client(&cached);
         let request = client
@@ -305,10 +314,77 @@ impl Idp {
             }
             Err(e) => return Err(IdpError::InvalidIdToken(error_chain(&e))),
         };
+        let access_token = token.access_token().secret().clone();
         match verified {
-            Ok(Value::Object(map)) => Ok(map),
+            Ok(Value::Object(claims)) => Ok(LoginTokens {
+                claims,
+                access_token,
+            }),
             Ok(_) => Err(IdpError::InvalidIdToken("claims are not an object".into())),
             Err(e) => Err(IdpError::InvalidIdToken(e.to_string())),
+        }
+    }
+
+    /// The UserInfo claims for `access_token` (a JSON answer; signed UserInfo is not
+    /// supported). Its `sub` must be `expected_sub`, the ID token's (OpenID Connect
+    /// Core 5.3.2), or the answer is refused.
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+        expected_sub: &str,
+    ) -> Result<Map<String, Value>, IdpError> {
+        let cached = self.metadata(false).await?;
+        let Some(endpoint) = cached.metadata.userinfo_endpoint() else {
+            return Err(IdpError::UserInfo(
+                "the discovery document names no userinfo_endpoint".into(),
+            ));
+        };
+        let url = endpoint.url().clone();
+        let response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| IdpError::Unreachable {
+                url: url.to_string(),
+                detail: error_chain(&e),
+            })?;
+        let status = response.status();
+        let signed = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/jwt"));
+        let body = response.bytes().await.map_err(|e| IdpError::Unreachable {
+            url: url.to_string(),
+            detail: error_chain(&e),
+        })?;
+        if !status.is_success() {
+            return Err(IdpError::UserInfo(format!(
+                "GET {url}: HTTP status {status}"
+            )));
+        }
+        if signed {
+            return Err(IdpError::UserInfo(format!(
+                "GET {url}: signed (application/jwt) answers are not supported"
+            )));
+        }
+        let claims = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(claims)) => claims,
+            _ => {
+                return Err(IdpError::UserInfo(format!(
+                    "GET {url}: the answer is not a JSON object"
+                )))
+            }
+        };
+        match claims.get("sub").and_then(Value::as_str) {
+            Some(sub) if sub == expected_sub => Ok(claims),
+            Some(sub) => Err(IdpError::UserInfo(format!(
+                "its sub {sub:?} is not the ID token's {expected_sub:?}"
+            ))),
+            None => Err(IdpError::UserInfo("it has no sub".into())),
         }
     }
 }

@@ -3,12 +3,14 @@
 //! service signs.
 
 pub mod app;
+pub mod groups;
 pub mod identity;
 pub mod idp;
 pub mod routes;
 pub mod session;
 pub mod settings;
 pub mod store;
+pub mod tokens;
 pub mod web;
 
 pub use app::{app, AppState};

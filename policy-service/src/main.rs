@@ -36,6 +36,14 @@ async fn main() -> ExitCode {
              browsers drop such cookies, so sign-in will not stick"
         );
     }
+    for pattern in &settings.oidc_group_name_pattern {
+        if pattern.matches_everything() {
+            tracing::warn!(
+                "OIDC_GROUP_NAME_PATTERN {pattern:?} matches every group: anyone the \
+                 identity provider signs in with at least one group may use MLflow"
+            );
+        }
+    }
     let addr = settings.listen_addr;
     let callback = settings.callback_path().to_string();
     let state = match AppState::new(settings).await {

@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use thiserror::Error;
 use url::Url;
 
+use crate::groups::pattern::GroupPattern;
+use crate::groups::Detection;
+
 /// Routes the service serves itself; the callback path must not shadow them.
 const RESERVED_PATHS: &[&str] = &[
     "/health",
@@ -153,6 +156,14 @@ pub struct Settings {
     pub session_token_ttl_seconds: u64,
     pub listen_addr: SocketAddr,
     pub log_level: LogLevel,
+    /// `OIDC_GROUP_NAME_PATTERN`: wildcards that also admit (never as admin).
+    pub oidc_group_name_pattern: Vec<GroupPattern>,
+    /// `OIDC_USERINFO_GROUPS`: read the groups claim from UserInfo when the ID token lacks it.
+    pub oidc_userinfo_groups: bool,
+    /// `OIDC_GROUP_DETECTION_PLUGIN`: where the groups come from.
+    pub oidc_group_detection_plugin: Detection,
+    /// `OIDC_GRAPH_API_URL`: Microsoft Graph's base URL (Entra ID detection).
+    pub oidc_graph_api_url: Url,
 }
 
 // Secrets stay out of logs and panics alike.
@@ -183,6 +194,13 @@ impl fmt::Debug for Settings {
             .field("session_token_ttl_seconds", &self.session_token_ttl_seconds)
             .field("listen_addr", &self.listen_addr)
             .field("log_level", &self.log_level)
+            .field("oidc_group_name_pattern", &self.oidc_group_name_pattern)
+            .field("oidc_userinfo_groups", &self.oidc_userinfo_groups)
+            .field(
+                "oidc_group_detection_plugin",
+                &self.oidc_group_detection_plugin,
+            )
+            .field("oidc_graph_api_url", &self.oidc_graph_api_url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -410,12 +428,51 @@ impl Settings {
             session_token_ttl_seconds: src.positive("SESSION_TOKEN_TTL_SECONDS", 300)?,
             listen_addr,
             log_level,
+            oidc_group_name_pattern: comma_list(src.get("OIDC_GROUP_NAME_PATTERN").unwrap_or(""))
+                .iter()
+                .map(|p| GroupPattern::new(p))
+                .collect(),
+            oidc_userinfo_groups: src.bool("OIDC_USERINFO_GROUPS", false)?,
+            oidc_group_detection_plugin: group_detection(&src)?,
+            oidc_graph_api_url: graph_api_url(&src)?,
         })
     }
 
     /// The path the IdP redirects back to (the path of `OIDC_REDIRECT_URI`).
     pub fn callback_path(&self) -> &str {
         self.oidc_redirect_uri.path()
+    }
+}
+
+/// `OIDC_GROUP_DETECTION_PLUGIN`: unset is the ID token's claim.
+fn group_detection(src: &Source) -> Result<Detection, SettingsError> {
+    const NAME: &str = "OIDC_GROUP_DETECTION_PLUGIN";
+    match src.get(NAME) {
+        None => Ok(Detection::Claims),
+        Some(value) => {
+            Detection::parse(value).ok_or_else(|| invalid(NAME, value, Detection::accepted()))
+        }
+    }
+}
+
+/// `OIDC_GRAPH_API_URL`, default Microsoft Graph v1.0.
+fn graph_api_url(src: &Source) -> Result<Url, SettingsError> {
+    const NAME: &str = "OIDC_GRAPH_API_URL";
+    let raw = src.get(NAME).unwrap_or("https://graph.microsoft.com/v1.0");
+    match Url::parse(raw) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.query().is_none()
+                && url.fragment().is_none() =>
+        {
+            Ok(url)
+        }
+        _ => Err(invalid(
+            NAME,
+            raw,
+            "an absolute http:// or https:// URL without query, such as https://graph.microsoft.com/v1.0",
+        )),
     }
 }
 
@@ -616,5 +673,65 @@ mod tests {
         let s = Settings::from_vars(&base()).unwrap();
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn group_settings() {
+        let s = Settings::from_vars(&base()).unwrap();
+        assert!(s.oidc_group_name_pattern.is_empty());
+        assert!(!s.oidc_userinfo_groups);
+        assert_eq!(s.oidc_group_detection_plugin, Detection::Claims);
+        assert_eq!(
+            s.oidc_graph_api_url.as_str(),
+            "https://graph.microsoft.com/v1.0"
+        );
+
+        let s = Settings::from_vars(&with(&[
+            ("OIDC_GROUP_NAME_PATTERN", " mlflow-* , team-?,, "),
+            ("OIDC_USERINFO_GROUPS", "true"),
+            (
+                "OIDC_GROUP_DETECTION_PLUGIN",
+                "mlflow_oidc_auth.plugins.group_detection_microsoft_entra_id",
+            ),
+            ("OIDC_GRAPH_API_URL", "http://127.0.0.1:9/v1.0"),
+        ]))
+        .unwrap();
+        let patterns: Vec<&str> = s
+            .oidc_group_name_pattern
+            .iter()
+            .map(|p| p.as_str())
+            .collect();
+        assert_eq!(patterns, vec!["mlflow-*", "team-?"]);
+        assert!(s.oidc_userinfo_groups);
+        assert_eq!(s.oidc_group_detection_plugin, Detection::MicrosoftEntraId);
+        assert_eq!(s.oidc_graph_api_url.as_str(), "http://127.0.0.1:9/v1.0");
+        let s = Settings::from_vars(&with(&[(
+            "OIDC_GROUP_DETECTION_PLUGIN",
+            "microsoft_entra_id",
+        )]))
+        .unwrap();
+        assert_eq!(s.oidc_group_detection_plugin, Detection::MicrosoftEntraId);
+
+        let err = Settings::from_vars(&with(&[("OIDC_GROUP_DETECTION_PLUGIN", "my.plugin")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OIDC_GROUP_DETECTION_PLUGIN"), "{err}");
+        assert!(err.contains("my.plugin"), "{err}");
+        assert!(
+            err.contains(
+                "mlflow_oidc_auth.plugins.group_detection_microsoft_entra_id, microsoft_entra_id"
+            ),
+            "{err}"
+        );
+        for bad in ["graph.microsoft.com", "ftp://x/v1.0", "https://g/v1.0?x=1"] {
+            let err = Settings::from_vars(&with(&[("OIDC_GRAPH_API_URL", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("OIDC_GRAPH_API_URL"), "{err}");
+        }
+        let err = Settings::from_vars(&with(&[("OIDC_USERINFO_GROUPS", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OIDC_USERINFO_GROUPS"), "{err}");
     }
 }

@@ -70,6 +70,28 @@ pub struct SigningKeyRow {
     pub created_at: i64,
 }
 
+/// A personal access token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessTokenRecord {
+    pub id: i64,
+    pub name: String,
+    pub token_prefix: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// What a token check needs: the row, its hash, and its owner.
+#[derive(Debug, Clone)]
+pub struct AccessTokenCheck {
+    pub id: i64,
+    pub token_hash: String,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+    pub user: UserRecord,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
@@ -272,6 +294,134 @@ impl Store {
             .bind(user_id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    // ---- access tokens ----------------------------------------------------
+
+    /// Drops the user's expired tokens; then the number of live ones.
+    pub async fn purge_and_count_tokens(&self, user_id: i64, now: i64) -> Result<i64, StoreError> {
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = ? AND expires_at <= ?")
+            .bind(user_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM access_tokens WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        prefix: &str,
+        token_hash: &str,
+        created_by: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<AccessTokenRecord, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO access_tokens (user_id, name, prefix, token_hash, created_at, created_by, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(prefix)
+        .bind(token_hash)
+        .bind(now)
+        .bind(created_by)
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AccessTokenRecord {
+            id: row.try_get("id")?,
+            name: name.to_string(),
+            token_prefix: prefix.to_string(),
+            created_at: now,
+            created_by: created_by.to_string(),
+            expires_at,
+            last_used_at: None,
+        })
+    }
+
+    /// The user's tokens, newest first.
+    pub async fn tokens(&self, user_id: i64) -> Result<Vec<AccessTokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, prefix, created_at, created_by, expires_at, last_used_at \
+             FROM access_tokens WHERE user_id = ? ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccessTokenRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    token_prefix: row.try_get("prefix")?,
+                    created_at: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                    expires_at: row.try_get("expires_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one of the user's tokens; false when it is not theirs or unknown.
+    pub async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM access_tokens WHERE user_id = ? AND id = ?")
+            .bind(user_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn token_by_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<AccessTokenCheck>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.token_hash, t.expires_at, t.last_used_at, \
+                    u.id AS user_id, u.username, u.display_name, u.is_admin \
+             FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.prefix = ?",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(AccessTokenCheck {
+                id: row.try_get("id")?,
+                token_hash: row.try_get("token_hash")?,
+                expires_at: row.try_get("expires_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                user: UserRecord {
+                    id: row.try_get("user_id")?,
+                    username: row.try_get("username")?,
+                    display_name: row.try_get("display_name")?,
+                    is_admin: row.try_get("is_admin")?,
+                },
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a use, at most one write per token per `every` seconds.
+    pub async fn touch_token(&self, id: i64, now: i64, every: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE access_tokens SET last_used_at = ? \
+             WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(now - every)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -89,7 +89,7 @@ fn cookie_of(response: &Response) -> String {
 }
 
 async fn sign_in(state: &AppState, claims_json: Value, next: &str) -> Response {
-    complete_login(state, &claims(claims_json), next, now())
+    complete_login(state, &claims(claims_json), "", next, now())
         .await
         .unwrap_or_else(axum::response::IntoResponse::into_response)
 }
@@ -625,6 +625,9 @@ mod fake_idp {
         pub challenge: String,
         pub claims: Map<String, Value>,
         pub basic_auth_seen: bool,
+        /// What `/userinfo` answers to `Bearer at` (404 when None).
+        pub userinfo: Option<Value>,
+        pub userinfo_calls: usize,
     }
 
     #[derive(Clone)]
@@ -646,6 +649,7 @@ mod fake_idp {
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .route("/token", post(token))
+            .route("/userinfo", get(userinfo))
             .with_state(idp.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -660,6 +664,7 @@ mod fake_idp {
             "authorization_endpoint": format!("{b}/authorize"),
             "token_endpoint": format!("{b}/token"),
             "jwks_uri": format!("{b}/jwks"),
+            "userinfo_endpoint": format!("{b}/userinfo"),
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["EdDSA"],
@@ -671,6 +676,22 @@ mod fake_idp {
         Json(Jwks {
             keys: vec![Jwk::ed25519("idp-key", &idp.key.public_key().to_bytes())],
         })
+    }
+
+    async fn userinfo(
+        State(idp): State<Idp>,
+        headers: HeaderMap,
+    ) -> Result<Json<Value>, axum::http::StatusCode> {
+        let mut expect = idp.expect.lock().unwrap();
+        expect.userinfo_calls += 1;
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer at") {
+            return Err(axum::http::StatusCode::UNAUTHORIZED);
+        }
+        expect
+            .userinfo
+            .clone()
+            .map(Json)
+            .ok_or(axum::http::StatusCode::NOT_FOUND)
     }
 
     async fn token(
@@ -717,14 +738,29 @@ mod fake_idp {
 }
 
 async fn full_flow(groups: Value) -> (AppState, fake_idp::Idp, Response) {
+    full_flow_with(
+        &[],
+        json!({"email": "Frank@Example.com", "groups": groups}),
+        None,
+    )
+    .await
+}
+
+/// The whole sign-in against the local IdP, with extra settings, the ID token's
+/// claims (`sub` is always `user-1`) and what its UserInfo endpoint answers.
+async fn full_flow_with(
+    extra: &[(&str, &str)],
+    id_claims: Value,
+    userinfo: Option<Value>,
+) -> (AppState, fake_idp::Idp, Response) {
     let idp = fake_idp::start().await;
     let discovery = format!("{}/.well-known/openid-configuration", idp.base);
-    let state = AppState::new(settings(&[
-        ("OIDC_DISCOVERY_URL", &discovery),
+    let mut vars = vec![
+        ("OIDC_DISCOVERY_URL", discovery.as_str()),
         ("OIDC_SCOPE", "openid email profile groups"),
-    ]))
-    .await
-    .unwrap();
+    ];
+    vars.extend_from_slice(extra);
+    let state = AppState::new(settings(&vars)).await.unwrap();
     let router = app(state.clone());
 
     let response = send(&router, get("/oidc/login?next=/exp%3Fid%3D1", None)).await;
@@ -745,7 +781,8 @@ async fn full_flow(groups: Value) -> (AppState, fake_idp::Idp, Response) {
         let mut expect = idp.expect.lock().unwrap();
         expect.nonce = q["nonce"].clone();
         expect.challenge = q["code_challenge"].clone();
-        expect.claims = claims(json!({"email": "Frank@Example.com", "groups": groups}));
+        expect.claims = claims(id_claims);
+        expect.userinfo = userinfo;
     }
     let callback = format!("/callback?code=the-code&state={}", q["state"]);
     let response = send(&router, get(&callback, None)).await;
@@ -776,4 +813,151 @@ async fn full_login_flow_refuses_an_outsider() {
     assert!(body_text(response)
         .await
         .contains("frank@example.com is not in an allowed group"));
+}
+
+#[tokio::test]
+async fn userinfo_fills_in_a_missing_groups_claim_when_allowed() {
+    let id_claims = json!({"email": "Frank@Example.com"});
+    let info = json!({"sub": "user-1", "groups": ["mlflow"]});
+    // Off (the default): UserInfo is not asked, so no groups, so refused.
+    let (_, idp, response) = full_flow_with(&[], id_claims.clone(), Some(info.clone())).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(idp.expect.lock().unwrap().userinfo_calls, 0);
+
+    let on = [("OIDC_USERINFO_GROUPS", "true")];
+    let (state, idp, response) = full_flow_with(&on, id_claims.clone(), Some(info)).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(idp.expect.lock().unwrap().userinfo_calls, 1);
+    let user = state
+        .store
+        .user_by_name("frank@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        state.store.user_groups(user.id).await.unwrap(),
+        vec!["mlflow"]
+    );
+
+    // The ID token's claim, when present, wins: UserInfo is not asked.
+    let (_, idp, response) = full_flow_with(
+        &on,
+        json!({"email": "f@x", "groups": ["mlflow"]}),
+        Some(json!({"sub": "user-1", "groups": ["other"]})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(idp.expect.lock().unwrap().userinfo_calls, 0);
+
+    // Nested claims work through UserInfo too.
+    let (_, _, response) = full_flow_with(
+        &[
+            ("OIDC_USERINFO_GROUPS", "true"),
+            ("OIDC_GROUPS_ATTRIBUTE", "realm_access.roles"),
+        ],
+        id_claims,
+        Some(json!({"sub": "user-1", "realm_access": {"roles": ["mlflow-admin"]}})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn userinfo_for_another_subject_or_failing_refuses() {
+    let on = [("OIDC_USERINFO_GROUPS", "true")];
+    let id_claims = json!({"email": "Frank@Example.com"});
+    let (_, _, response) = full_flow_with(
+        &on,
+        id_claims.clone(),
+        Some(json!({"sub": "user-2", "groups": ["mlflow"]})),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    let body = body_text(response).await;
+    assert!(body.contains("UserInfo"), "{body}");
+    assert!(body.contains("is not the ID token"), "{body}");
+
+    let (_, _, response) = full_flow_with(&on, id_claims, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = body_text(response).await;
+    assert!(body.contains("HTTP status 404"), "{body}");
+}
+
+#[tokio::test]
+async fn group_name_patterns_admit_but_never_as_admin() {
+    let state = AppState::new(settings(&[(
+        "OIDC_GROUP_NAME_PATTERN",
+        "mlflow-team-*,lab-[ab]",
+    )]))
+    .await
+    .unwrap();
+    let response = sign_in(
+        &state,
+        json!({"sub": "1", "email": "pat@example.com", "groups": ["x", "mlflow-team-a"]}),
+        "/",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let verified = state
+        .keys
+        .verify(&state.store, &cookie_of(&response), now() as u64, 0)
+        .await
+        .unwrap();
+    assert!(!verified.adm);
+    let user = state
+        .store
+        .user_by_name("pat@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!user.is_admin);
+    // Every group is recorded, not only the one that matched.
+    assert_eq!(
+        state.store.user_groups(user.id).await.unwrap(),
+        vec!["mlflow-team-a", "x"]
+    );
+
+    let response = sign_in(
+        &state,
+        json!({"sub": "2", "email": "lab@example.com", "groups": "lab-b"}),
+        "/",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    for refused in [
+        json!(["lab-c"]),
+        json!(["MLFLOW-TEAM-A"]),
+        json!(["mlflow-team"]),
+    ] {
+        let response = sign_in(
+            &state,
+            json!({"sub": "3", "email": "out@example.com", "groups": refused}),
+            "/",
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn nested_groups_claim_at_sign_in() {
+    let state = AppState::new(settings(&[("OIDC_GROUPS_ATTRIBUTE", "realm_access.roles")]))
+        .await
+        .unwrap();
+    let response = sign_in(
+        &state,
+        json!({"sub": "1", "email": "kc@example.com",
+               "realm_access": {"roles": ["offline_access", "mlflow-admin"]}}),
+        "/",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let user = state
+        .store
+        .user_by_name("kc@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(user.is_admin);
 }

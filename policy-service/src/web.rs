@@ -15,6 +15,10 @@ pub enum ApiError {
     Unauthenticated(String),
     /// 400 `INVALID_PARAMETER_VALUE`.
     BadRequest(String),
+    /// 403 `PERMISSION_DENIED`.
+    Forbidden(String),
+    /// 404 `RESOURCE_DOES_NOT_EXIST`.
+    NotFound(String),
     /// 500; the detail goes to the log only.
     Internal(String),
 }
@@ -35,6 +39,14 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 ErrorBody::new("INVALID_PARAMETER_VALUE", message),
+            ),
+            ApiError::Forbidden(message) => (
+                StatusCode::FORBIDDEN,
+                ErrorBody::new("PERMISSION_DENIED", message),
+            ),
+            ApiError::NotFound(message) => (
+                StatusCode::NOT_FOUND,
+                ErrorBody::new("RESOURCE_DOES_NOT_EXIST", message),
             ),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");

@@ -12,11 +12,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::app::{not_found, AppState};
+use crate::groups::DetectorError;
 use crate::identity::{self, Admission};
 use crate::idp::IdpError;
 use crate::routes::session::session_problem;
-use crate::store::now;
-use crate::web::{cookie_value, redirect, sanitize_next, session_cookie, PageError};
+use crate::store::{now, UserRecord};
+use crate::web::{cookie_value, redirect, sanitize_next, session_cookie, ApiError, PageError};
 
 pub const LOGIN_PATH: &str = "/oidc/login";
 
@@ -47,7 +48,9 @@ impl From<IdpError> for PageError {
             IdpError::Unreachable { .. } | IdpError::BadDiscovery { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            IdpError::TokenRequest(_) | IdpError::Client(_) => StatusCode::BAD_GATEWAY,
+            IdpError::TokenRequest(_) | IdpError::Client(_) | IdpError::UserInfo(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             IdpError::Refused(_) | IdpError::InvalidIdToken(_) => StatusCode::BAD_REQUEST,
         };
         tracing::warn!("sign-in failed: {err}");
@@ -141,18 +144,27 @@ async fn callback(
             .with_link(href, text));
         }
     }
-    let claims = state
+    let tokens = state
         .idp
         .finish_login(code, &auth_state.pkce_verifier, &auth_state.nonce)
         .await?;
-    complete_login(state, &claims, &auth_state.next, now()).await
+    complete_login(
+        state,
+        &tokens.claims,
+        &tokens.access_token,
+        &auth_state.next,
+        now(),
+    )
+    .await
 }
 
-/// What follows a verified ID token: username, groups and the gate; then the
-/// user row, group memberships, a server-side session and the session cookie.
+/// What follows a verified ID token: username, groups (from the group detector,
+/// given the user's access token) and the gate; then the user row, group
+/// memberships, a server-side session and the session cookie.
 pub async fn complete_login(
     state: &AppState,
     claims: &Map<String, Value>,
+    access_token: &str,
     next: &str,
     now: i64,
 ) -> Result<Response, PageError> {
@@ -161,14 +173,30 @@ pub async fn complete_login(
     let username = identity::username(claims, &settings.oidc_username_field).map_err(|msg| {
         PageError::new(StatusCode::FORBIDDEN, "Sign-in refused", msg).with_link(href, text)
     })?;
-    let groups = identity::groups(claims, &settings.oidc_groups_attribute);
+    let groups = state
+        .groups
+        .groups(access_token, claims)
+        .await
+        .map_err(|err| {
+            tracing::warn!(%username, detector = state.groups.name(), "sign-in failed: {err}");
+            let status = match err {
+                DetectorError::Client(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                DetectorError::Graph(_) | DetectorError::UserInfo(_) => StatusCode::BAD_GATEWAY,
+            };
+            PageError::new(status, "Sign-in failed", err.to_string()).with_link(href, text)
+        })?;
     let is_admin = match identity::admission(
         &groups,
         &settings.oidc_group_name,
+        &settings.oidc_group_name_pattern,
         &settings.oidc_admin_group_name,
     ) {
         Admission::Admin => true,
         Admission::Member => false,
+        Admission::MemberByPattern { group, pattern } => {
+            tracing::info!(%username, %group, %pattern, "admitted by OIDC_GROUP_NAME_PATTERN");
+            false
+        }
         Admission::Refused => {
             tracing::info!(%username, ?groups, "sign-in refused: not in an allowed group");
             return Err(PageError::new(
@@ -247,37 +275,43 @@ struct AuthStatus {
     is_admin: bool,
 }
 
-async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let anonymous = AuthStatus {
-        authenticated: false,
-        username: None,
-        is_admin: false,
-    };
-    let Some(token) = cookie_value(&headers, &state.settings.session_cookie_name) else {
-        return Json(anonymous).into_response();
+/// The user of the request's own session cookie: its signature and a live
+/// server-side session. `None` when there is no usable session. The cookie's own
+/// `exp` only bounds the filter's inline check (the filter may have renewed it on
+/// the way here); the session row is looked up every time.
+pub async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<UserRecord>, ApiError> {
+    let Some(token) = cookie_value(headers, &state.settings.session_cookie_name) else {
+        return Ok(None);
     };
     let now = now();
+    let grace = state.settings.permanent_session_lifetime;
     let Ok(cookie) = state
         .keys
-        .verify(&state.store, token, u64::try_from(now).unwrap_or(0), 0)
+        .verify(&state.store, token, u64::try_from(now).unwrap_or(0), grace)
         .await
     else {
-        return Json(anonymous).into_response();
+        return Ok(None);
     };
-    let record = match state.store.session(&cookie.sid).await {
-        Ok(record) => record,
-        Err(e) => return crate::web::ApiError::from(e).into_response(),
-    };
+    let record = state.store.session(&cookie.sid).await?;
     if session_problem(record.as_ref(), now).is_some() {
-        return Json(anonymous).into_response();
+        return Ok(None);
     }
-    match record.and_then(|r| r.user) {
-        Some(user) if user.username == cookie.username => Json(AuthStatus {
-            authenticated: true,
-            username: Some(user.username),
-            is_admin: user.is_admin,
+    Ok(record
+        .and_then(|r| r.user)
+        .filter(|user| user.username == cookie.username))
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match signed_in(&state, &headers).await {
+        Ok(user) => Json(AuthStatus {
+            authenticated: user.is_some(),
+            is_admin: user.as_ref().is_some_and(|u| u.is_admin),
+            username: user.map(|u| u.username),
         })
         .into_response(),
-        _ => Json(anonymous).into_response(),
+        Err(e) => e.into_response(),
     }
 }
