@@ -29,6 +29,10 @@ const FETCH_RETRY_MS: u64 = 1_000;
 /// the service alone decides whether the session still lives.
 const RENEWAL_GRACE_SECONDS: u64 = 400 * 24 * 3600;
 
+/// The policy service's answer when the filter's key does not match its own.
+const KEY_REFUSED: &str =
+    "the policy service refused this filter: AUTHZ_SHARED_KEY differs between Envoy and the service";
+
 /// What the glue does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -133,6 +137,8 @@ impl Stats {
 /// One per VM (per Envoy worker): settings, keys, caches.
 pub struct Authenticator {
     pub settings: Rc<Settings>,
+    /// The secret for the policy service's internal API ([`wire::SERVICE_KEY_ENV`]).
+    pub service_key: Option<String>,
     /// Issuer and JWKS location, from the discovery document.
     discovery: Option<Discovery>,
     idp: KeySource,
@@ -160,6 +166,7 @@ impl Authenticator {
         let n = settings.token_cache_max_entries;
         Authenticator {
             settings,
+            service_key: None,
             discovery: None,
             idp: KeySource::default(),
             session: KeySource::default(),
@@ -318,7 +325,7 @@ impl Authenticator {
                     "access token check answer from the policy service is invalid: {e}"
                 ))),
             },
-            401 | 403 => {
+            401 => {
                 let why = serde_json::from_slice::<wire::ErrorBody>(body)
                     .map(|b| b.message)
                     .unwrap_or_else(|_| "access token is not valid".to_string());
@@ -329,6 +336,7 @@ impl Authenticator {
             0 => Outcome::Deny(Reply::unavailable(
                 "access token cannot be checked: the policy service did not answer",
             )),
+            403 => Outcome::Deny(Reply::unavailable(KEY_REFUSED)),
             s => Outcome::Deny(Reply::unavailable(&format!(
                 "access token cannot be checked: the policy service answered {s}"
             ))),
@@ -508,7 +516,7 @@ impl Authenticator {
                     "session renewal answer from the policy service is invalid: {e}"
                 ))),
             },
-            401 | 403 => {
+            401 => {
                 self.refused.insert(
                     old.to_string(),
                     Rc::from("session has ended; sign in again"),
@@ -520,6 +528,7 @@ impl Authenticator {
             0 => Outcome::Deny(Reply::unavailable(
                 "session cannot be renewed: the policy service did not answer",
             )),
+            403 => Outcome::Deny(Reply::unavailable(KEY_REFUSED)),
             s => Outcome::Deny(Reply::unavailable(&format!(
                 "session cannot be renewed: the policy service answered {s}"
             ))),
@@ -1221,6 +1230,22 @@ mod tests {
             a.authenticate(&other, NOW_MS + 2000),
             Outcome::CheckBasic { .. }
         ));
+        // The service refusing the filter's own key is an outage, not a verdict on the token.
+        let Outcome::CheckBasic { key, .. } = a.authenticate(&other, NOW_MS + 2000) else {
+            panic!()
+        };
+        let o = a.basic_checked(key, 403, b"{}", NOW_MS + 2000);
+        assert!(
+            matches!(o, Outcome::Deny(ref r) if r.status == 503 && r.body.contains("AUTHZ_SHARED_KEY")),
+            "{o:?}"
+        );
+        assert!(
+            matches!(
+                a.authenticate(&other, NOW_MS + 2000),
+                Outcome::CheckBasic { .. }
+            ),
+            "not cached"
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use crate::authn::{Authenticator, Headers, KeyFetch, KeyRecord, Outcome};
 use crate::reply::Reply;
 use crate::settings::{Settings, Target};
-use crate::wire::{RenewRequest, BASIC_CHECK_PATH, SESSION_KEYS_PATH, SESSION_RENEW_PATH};
+use crate::wire::{
+    RenewRequest, BASIC_CHECK_PATH, SERVICE_KEY_ENV, SERVICE_KEY_HEADER, SESSION_KEYS_PATH,
+    SESSION_RENEW_PATH,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -75,7 +78,13 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let auth = Authenticator::new(Rc::new(settings));
+        let mut auth = Authenticator::new(Rc::new(settings));
+        auth.service_key = std::env::var(SERVICE_KEY_ENV)
+            .ok()
+            .filter(|k| !k.is_empty());
+        if auth.service_key.is_none() {
+            log::warn!("{SERVICE_KEY_ENV} is not in the VM environment: calls to the policy service carry no key");
+        }
         self.metrics = auth
             .stats
             .fields()
@@ -272,6 +281,10 @@ impl Http {
             ),
         };
         let timeout = Duration::from_millis(s.callout_timeout_ms);
+        let key = match target {
+            CalloutTarget::Service => auth.service_key.clone(),
+            CalloutTarget::Idp(_) => None,
+        };
         drop(auth);
         let mut headers = vec![
             (":method", method),
@@ -279,6 +292,9 @@ impl Http {
             (":authority", authority.as_str()),
             ("accept", "application/json"),
         ];
+        if let Some(key) = &key {
+            headers.push((SERVICE_KEY_HEADER, key.as_str()));
+        }
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }

@@ -3,6 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The filter proves itself to the policy service's internal API (`/authz/v1/...`)
+/// with this header, holding the secret both read from this environment variable
+/// (for the filter: the Envoy VM's environment, never its JSON configuration).
+pub const SERVICE_KEY_HEADER: &str = "x-authz-key";
+pub const SERVICE_KEY_ENV: &str = "AUTHZ_SHARED_KEY";
+
 /// Issuer of the session cookie (the policy service) as written in its `iss` claim.
 pub const SESSION_ISSUER: &str = "mlflow-policy-service";
 /// Audience of the session cookie: only the edge filter accepts it.
