@@ -129,16 +129,21 @@ pub struct Idp {
     cache: Mutex<Option<Arc<Cached>>>,
 }
 
+/// The HTTP client for calls to the IdP and Graph: `OIDC_HTTP_TIMEOUT_SECONDS`, and
+/// no redirects (following them opens the client up to SSRF, and would carry a
+/// user's bearer token elsewhere).
+pub fn outbound_client(settings: &Settings) -> Result<reqwest::Client, reqwest::Error> {
+    let timeout = Duration::from_secs(settings.oidc_http_timeout_seconds);
+    reqwest::ClientBuilder::new()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+}
+
 impl Idp {
     pub fn new(settings: &Settings) -> Result<Self, IdpError> {
-        let timeout = Duration::from_secs(settings.oidc_http_timeout_seconds);
-        let http = reqwest::ClientBuilder::new()
-            // Following redirects opens the client up to SSRF (openidconnect's docs).
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| IdpError::Client(error_chain(&e)))?;
+        let http = outbound_client(settings).map_err(|e| IdpError::Client(error_chain(&e)))?;
         Ok(Idp {
             http,
             discovery_url: settings.oidc_discovery_url.clone(),

@@ -2,7 +2,6 @@
 //! lists at `GET <OIDC_GRAPH_API_URL>/me/memberOf` for the user's access token,
 //! every `@odata.nextLink` page followed. Any failure refuses the sign-in.
 
-use std::time::Duration;
 
 use openidconnect::reqwest;
 use serde::Deserialize;
@@ -31,13 +30,7 @@ struct Page {
 
 impl MicrosoftEntraId {
     pub fn new(settings: &Settings) -> Result<Self, DetectorError> {
-        let timeout = Duration::from_secs(settings.oidc_http_timeout_seconds);
-        let http = reqwest::ClientBuilder::new()
-            // The bearer token must go nowhere but Graph: no redirects.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
+        let http = crate::idp::outbound_client(settings)
             .map_err(|e| DetectorError::Client(error_chain(&e)))?;
         Ok(MicrosoftEntraId {
             http,
