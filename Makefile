@@ -2,7 +2,8 @@
 #
 #   make deps        toolchain targets, .venv (tests/requirements.txt), wasm-bindgen test runner
 #   make build       the wasm filter and the policy service (release)
-#   make test        deps + build, then fmt, clippy, native tests, wasm tests, envoy validate, pytest
+#   make test        deps + build, then fmt, clippy, native tests, the service's tests on PostgreSQL,
+#                    wasm tests, envoy validate, pytest
 #   make demo        deps + build, then the stack on http://127.0.0.1:$${DEMO_PORT:-8080}/
 #   make bench       the filter's throughput against Envoy without it (BENCH_ARGS=--rounds 5)
 #   make bench-deps  wrk and binaryen (wasm-opt), for the benchmark
@@ -24,7 +25,8 @@ SERVICE := target/release/policy-service
 WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/ {getline; gsub(/"/, "", $$3); print $$3; exit}' Cargo.lock)
 
 .PHONY: deps rust-targets python-deps wasm-bindgen-runner debian-deps bench-deps build test \
-        fmt-check clippy test-native test-wasm validate-envoy pytest demo bench clean-state
+        fmt-check clippy test-native test-wasm validate-envoy pytest demo bench clean-state \
+        postgres-deps test-postgres
 
 deps: rust-targets debian-deps python-deps wasm-bindgen-runner
 
@@ -34,9 +36,11 @@ rust-targets:
 	  grep -qx "$$t" <<<"$$installed" || rustup target add "$$t"; \
 	done
 
-# Debian packages the tests need: only node (wasm-bindgen-test-runner runs the wasm tests in it).
+# Debian packages the tests need: node (wasm-bindgen-test-runner runs the wasm tests in it)
+# and redis-server (SESSION_TYPE=redis, started per run by tests/with_redis.sh).
 debian-deps:
 	@missing=""; command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 python-deps: $(VENV)/.requirements.stamp
@@ -67,7 +71,7 @@ build:
 	cargo build --release -p policy-service
 
 test: deps build
-	$(MAKE) --no-print-directory fmt-check clippy test-native test-wasm validate-envoy pytest
+	$(MAKE) --no-print-directory fmt-check clippy test-native test-postgres test-wasm validate-envoy pytest
 
 fmt-check:
 	cargo fmt --all --check
@@ -77,8 +81,44 @@ clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p mlflow-edge-authz -p noop-filter --target $(WASM_TARGET) -- -D warnings
 
+# Beside a throwaway Redis on a free loopback port (tests/with_redis.sh), stopped afterwards.
 test-native:
-	cargo test --workspace
+	tests/with_redis.sh cargo test --workspace
+
+# Debian's PostgreSQL server, only when no server binaries are installed.
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The service's tests again, on PostgreSQL: a throwaway cluster in $(PG_RUN) (run as the
+# `postgres` user when we are root), on 127.0.0.1 and a free port only, password auth,
+# no fsync. The tests create a database of their own each on it (store::testing).
+# The server is stopped and its data removed when the run ends, passed or not (the logs stay).
+PG_RUN := $(ROOT)/.test-run/pg
+test-postgres: postgres-deps
+	@bin=$$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1); \
+	as=(); \
+	if [ "$$(id -u)" = 0 ]; then \
+	  id -u postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres; \
+	  as=(runuser -u postgres --); \
+	fi; \
+	rm -rf $(PG_RUN); mkdir -p $(PG_RUN); \
+	password=$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n'); \
+	(umask 077; echo "$$password" > $(PG_RUN)/pwfile); \
+	[ $${#as[@]} -eq 0 ] || chown postgres $(PG_RUN) $(PG_RUN)/pwfile; \
+	"$${as[@]}" "$$bin/initdb" -D $(PG_RUN)/data -U postgres --pwfile=$(PG_RUN)/pwfile \
+	  --auth=scram-sha-256 -E UTF8 --locale=C.UTF-8 --no-sync >$(PG_RUN)/initdb.log 2>&1 \
+	  || { cat $(PG_RUN)/initdb.log >&2; exit 1; }; \
+	rm -f $(PG_RUN)/pwfile; \
+	port=$$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	trap '"$${as[@]}" "$$bin/pg_ctl" -D $(PG_RUN)/data -m fast stop >/dev/null 2>&1; rm -rf $(PG_RUN)/data' EXIT; \
+	"$${as[@]}" "$$bin/pg_ctl" -D $(PG_RUN)/data -l $(PG_RUN)/server.log -w -t 30 \
+	  -o "-h 127.0.0.1 -p $$port -k '' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+	  start >/dev/null || { cat $(PG_RUN)/server.log >&2; exit 1; }; \
+	PGPASSWORD="$$password" "$$bin/createdb" -h 127.0.0.1 -p "$$port" -U postgres policy_service; \
+	echo "PostgreSQL $$("$$bin/postgres" --version | awk '{print $$3}') on 127.0.0.1:$$port ($(PG_RUN))"; \
+	POLICY_SERVICE_TEST_DATABASE_URL="postgresql://postgres:$$password@127.0.0.1:$$port/policy_service" \
+	  cargo test -p policy-service
 
 # The filter's pure logic compiled to wasm, run in node by wasm-bindgen-test-runner.
 test-wasm:
@@ -100,7 +140,7 @@ validate-envoy:
 	done
 
 pytest:
-	$(VENV)/bin/pytest tests -q
+	tests/with_redis.sh $(VENV)/bin/pytest tests -q
 
 demo: deps build
 	$(PY) envoy/local_stack.py demo

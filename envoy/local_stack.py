@@ -417,9 +417,10 @@ class Stack:
         self._stop("mlflow")
 
     # ---- policy service -----------------------------------------------------------------
-    def secret_key(self) -> str:
-        """The service's SECRET_KEY, made once per base_dir so sessions survive restarts."""
-        path = self.base_dir / "secret_key"
+    def secret(self, name: str) -> str:
+        """A secret made once per base_dir (SECRET_KEY, AUTHZ_SHARED_KEY), so sessions
+        survive restarts."""
+        path = self.base_dir / name.lower()
         if not path.exists():
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
@@ -435,7 +436,8 @@ class Stack:
             "OIDC_GROUP_NAME": USER_GROUP,
             "OIDC_ADMIN_GROUP_NAME": ADMIN_GROUP,
             "POLICY_SERVICE_ADDR": f"127.0.0.1:{self.service_port}",
-            "SECRET_KEY": self.secret_key(),
+            "SECRET_KEY": self.secret("SECRET_KEY"),
+            "AUTHZ_SHARED_KEY": self.secret("AUTHZ_SHARED_KEY"),
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         }
         if self.graph_url:
@@ -498,7 +500,9 @@ class Stack:
             # The access log is read by the tests: flush it promptly (default 10 s).
             "--file-flush-interval-msec", "100",
         ]
-        self.procs["envoy"] = Proc("envoy", argv, self.log_path("envoy"), cwd=self.base_dir)
+        # The filter reads the key from its VM environment (envoy.yaml: host_env_keys).
+        self.procs["envoy"] = Proc("envoy", argv, self.log_path("envoy"), cwd=self.base_dir,
+                                   env={"AUTHZ_SHARED_KEY": self.secret("AUTHZ_SHARED_KEY")})
 
         def ready():
             status, body = _http_get(f"{self.admin_url}/ready")

@@ -25,6 +25,9 @@ const REFUSED_TTL_SECONDS: u64 = 60;
 /// After a failed key fetch, requests that need the keys get 503 for this long
 /// instead of each starting another fetch.
 const FETCH_RETRY_MS: u64 = 1_000;
+/// After a renewal, the old cookie still passes this long, for requests that were
+/// already in flight with it; short, since a copy of it then outlives a logout by this much.
+const RENEWED_GRACE_SECONDS: u64 = 5;
 /// An expired session cookie is sent to the service for renewal within this window;
 /// the service alone decides whether the session still lives.
 const RENEWAL_GRACE_SECONDS: u64 = 400 * 24 * 3600;
@@ -504,8 +507,12 @@ impl Authenticator {
                     let fresh = self.session(&r.session, now_ms, req);
                     if let Outcome::Allow(id) = &fresh {
                         // Requests already in flight with the old cookie need no second renewal.
-                        self.session_cache
-                            .insert(old.to_string(), id.clone(), now + 30, now);
+                        self.session_cache.insert(
+                            old.to_string(),
+                            id.clone(),
+                            now + RENEWED_GRACE_SECONDS,
+                            now,
+                        );
                         let outcome = fresh.clone();
                         self.count(&outcome);
                         return (outcome, Some(r.set_cookie));

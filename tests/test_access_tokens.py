@@ -124,3 +124,11 @@ def test_tokens_are_issued_to_signed_in_browsers_only(stack):
     assert r.status_code == 401, r.text[:300]
     # No credentials at all: the filter refuses before the service.
     assert_unauthenticated(requests.post(stack.url + TOKENS, json={"name": "x"}, headers=API, timeout=TIMEOUT))
+
+
+def test_the_internal_api_answers_only_the_filter(stack):
+    # Straight to the policy service, past Envoy: without the filter's key, no oracle.
+    r = requests.post(stack.service_url + "/authz/v1/credentials/basic", timeout=TIMEOUT,
+                      json={"username": "alice@example.com", "token": "mlf_00000000_guess"})
+    assert r.status_code == 403, r.text[:300]
+    assert requests.get(stack.service_url + "/authz/v1/keys", timeout=TIMEOUT).status_code == 200

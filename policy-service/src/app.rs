@@ -6,13 +6,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use mlflow_edge_authz::wire::ErrorBody;
+use mlflow_edge_authz::wire::{self, ErrorBody};
 use thiserror::Error;
 
 use crate::groups::{DetectorError, GroupDetector};
 use crate::idp::{Idp, IdpError};
 use crate::routes;
 use crate::session::SessionKeys;
+use crate::sessions::{SessionStore, SessionStoreError};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use crate::web::json_response;
@@ -25,12 +26,16 @@ pub enum StartError {
     Idp(#[from] IdpError),
     #[error(transparent)]
     Groups(#[from] DetectorError),
+    #[error(transparent)]
+    Sessions(#[from] SessionStoreError),
 }
 
 pub struct Inner {
     pub settings: Settings,
     pub store: Store,
     pub keys: SessionKeys,
+    /// Where server-side sessions live (`SESSION_TYPE`).
+    pub sessions: Arc<dyn SessionStore>,
     pub idp: Arc<Idp>,
     /// Where signing-in users' groups come from (`OIDC_GROUP_DETECTION_PLUGIN`).
     pub groups: Box<dyn GroupDetector>,
@@ -53,12 +58,14 @@ impl AppState {
     pub async fn new(settings: Settings) -> Result<Self, StartError> {
         let store = Store::connect(&settings.database_url).await?;
         let keys = SessionKeys::load_or_create(&store).await?;
+        let sessions = crate::sessions::open(&settings, &store)?;
         let idp = Arc::new(Idp::new(&settings)?);
         let groups = crate::groups::detector(&settings, idp.clone())?;
         Ok(AppState(Arc::new(Inner {
             settings,
             store,
             keys,
+            sessions,
             idp,
             groups,
         })))
@@ -74,7 +81,46 @@ pub fn app(state: AppState) -> Router {
         // The callback path comes from OIDC_REDIRECT_URI; the fallback serves it,
         // so no configured path can clash with a route.
         .fallback(routes::auth::callback_or_not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            filter_only,
+        ))
         .with_state(state)
+}
+
+/// The internal API (`/authz/v1/...`, but for the public keys) answers only the edge
+/// filter when `AUTHZ_SHARED_KEY` is set: 403 otherwise, which the filter reports as a
+/// misconfiguration (503), never as a verdict on a user's credential.
+async fn filter_only(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/authz/") && path != wire::SESSION_KEYS_PATH {
+        if let Some(expected) = &state.settings.authz_shared_key {
+            let sent = request
+                .headers()
+                .get(wire::SERVICE_KEY_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            // Compare digests: equal length, so the comparison time says nothing.
+            if hmac_sha256::Hash::hash(sent) != hmac_sha256::Hash::hash(expected.as_bytes()) {
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    ErrorBody::new(
+                        "PERMISSION_DENIED",
+                        format!(
+                            "the internal API needs the {} header of the edge filter",
+                            wire::SERVICE_KEY_HEADER
+                        ),
+                    )
+                    .to_json(),
+                );
+            }
+        }
+    }
+    next.run(request).await
 }
 
 async fn health() -> &'static str {

@@ -16,7 +16,7 @@ use openidconnect::{
     reqwest, AdditionalClaims, AuthType, AuthorizationCode, ClaimsVerificationError, Client,
     ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
     EndpointSet, IdTokenFields, JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, StandardErrorResponse,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
     StandardTokenResponse, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,15 @@ struct Cached {
 pub struct LoginTokens {
     pub claims: Map<String, Value>,
     pub access_token: String,
+    /// Present when the IdP issued one (`OIDC_USE_REFRESH_TOKEN` asks for it).
+    pub refresh_token: Option<String>,
+}
+
+/// A refresh at the token endpoint: a new access token (and maybe a rotated
+/// refresh token, which then replaces the old one).
+pub struct Refreshed {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
 }
 
 /// A started login: where to send the browser, and what to remember.
@@ -320,14 +329,43 @@ impl Idp {
             Err(e) => return Err(IdpError::InvalidIdToken(error_chain(&e))),
         };
         let access_token = token.access_token().secret().clone();
+        let refresh_token = token.refresh_token().map(|t| t.secret().clone());
         match verified {
             Ok(Value::Object(claims)) => Ok(LoginTokens {
                 claims,
                 access_token,
+                refresh_token,
             }),
             Ok(_) => Err(IdpError::InvalidIdToken("claims are not an object".into())),
             Err(e) => Err(IdpError::InvalidIdToken(e.to_string())),
         }
+    }
+
+    /// Exchanges a refresh token for a fresh access token (no browser, no new login):
+    /// how a session learns, at renewal, whether the user still may use MLflow.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Refreshed, IdpError> {
+        let cached = self.metadata(false).await?;
+        let client = self.client(&cached);
+        let token = client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.to_string()))
+            .map_err(|e| IdpError::TokenRequest(error_chain(&e)))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(resp) => {
+                    let mut text = resp.error().to_string();
+                    if let Some(desc) = resp.error_description() {
+                        text.push_str(": ");
+                        text.push_str(desc);
+                    }
+                    IdpError::Refused(text)
+                }
+                other => IdpError::TokenRequest(error_chain(&other)),
+            })?;
+        Ok(Refreshed {
+            access_token: token.access_token().secret().clone(),
+            refresh_token: token.refresh_token().map(|t| t.secret().clone()),
+        })
     }
 
     /// The UserInfo claims for `access_token` (a JSON answer; signed UserInfo is not

@@ -3,11 +3,13 @@
 //! service signs.
 
 pub mod app;
+pub mod crypto;
 pub mod groups;
 pub mod identity;
 pub mod idp;
 pub mod routes;
 pub mod session;
+pub mod sessions;
 pub mod settings;
 pub mod store;
 pub mod tokens;

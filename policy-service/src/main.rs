@@ -44,6 +44,12 @@ async fn main() -> ExitCode {
             );
         }
     }
+    if settings.authz_shared_key.is_none() {
+        tracing::warn!(
+            "AUTHZ_SHARED_KEY is not set: the internal API (/authz/v1/...) answers anyone who \
+             reaches this service; set it here and in Envoy's environment"
+        );
+    }
     let addr = settings.listen_addr;
     let callback = settings.callback_path().to_string();
     let state = match AppState::new(settings).await {
@@ -61,6 +67,8 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(%addr, %callback, kid = state.keys.kid(), "policy service listening");
+    // Redis is not contacted before the first sign-in or renewal.
+    tracing::info!(session_type = ?state.settings.session_type, "server-side sessions");
     if let Err(err) = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

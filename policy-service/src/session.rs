@@ -203,10 +203,10 @@ fn classify(err: jwt_simple::Error) -> CookieError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::DatabaseUrl;
+    use crate::store::testing::fresh_database;
 
     async fn setup() -> (Store, SessionKeys) {
-        let store = Store::connect(&DatabaseUrl::SqliteMemory).await.unwrap();
+        let store = Store::connect(&fresh_database()).await.unwrap();
         let keys = SessionKeys::load_or_create(&store).await.unwrap();
         (store, keys)
     }

@@ -14,6 +14,7 @@ use url::Url;
 
 use crate::groups::pattern::GroupPattern;
 use crate::groups::Detection;
+use crate::sessions::{RedisSettings, SessionType, SESSION_TYPES};
 
 /// Routes the service serves itself; the callback path must not shadow them.
 const RESERVED_PATHS: &[&str] = &[
@@ -64,27 +65,44 @@ impl fmt::Display for SameSite {
     }
 }
 
-/// Where the users database lives. Only SQLite for now; PostgreSQL comes later
-/// as another variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the users database lives.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// A SQLite file, created when missing.
     SqliteFile(PathBuf),
     /// A private in-memory SQLite database (tests).
     SqliteMemory,
+    /// A PostgreSQL server: a `postgresql://` URL (libpq's form, which sqlx reads),
+    /// SQLAlchemy's driver suffix already dropped. Holds the password: print it
+    /// with `redacted()` (as `Debug` does).
+    Postgres(String),
 }
 
 impl DatabaseUrl {
     /// Parses a SQLAlchemy-style URL: `sqlite:///relative.db`, `sqlite:////abs.db`,
-    /// `sqlite://` or `sqlite:///:memory:` (in memory). `sqlite::memory:` (sqlx's
-    /// spelling) is accepted too.
+    /// `sqlite://` or `sqlite:///:memory:` (in memory); `sqlite::memory:` (sqlx's
+    /// spelling) is accepted too. Or `postgresql://user:password@host:port/database`
+    /// (also `postgres://`, and `postgresql+psycopg2://` / `postgresql+psycopg://`,
+    /// whose driver is dropped), with libpq's query parameters such as `sslmode`.
     pub fn parse(value: &str) -> Result<Self, SettingsError> {
         const NAME: &str = "OIDC_USERS_DB_URI";
-        const ACCEPTED: &str = "sqlite:///relative/path.db or sqlite:////absolute/path.db \
-                                (other databases are not supported yet)";
+        const ACCEPTED: &str = "sqlite:///relative/path.db, sqlite:////absolute/path.db or \
+                                postgresql://user:password@host:port/database (also postgres://, \
+                                postgresql+psycopg2://, postgresql+psycopg://)";
         let value = value.trim();
         if value == "sqlite::memory:" || value == "sqlite://" || value == "sqlite:///:memory:" {
             return Ok(DatabaseUrl::SqliteMemory);
+        }
+        if let Some(url) = postgres_url(value) {
+            // sqlx reads it at connect time; a URL it cannot read stops start-up here.
+            return match url.parse::<sqlx::postgres::PgConnectOptions>() {
+                Ok(_) => Ok(DatabaseUrl::Postgres(url)),
+                Err(e) => Err(invalid(
+                    NAME,
+                    &redact_password(value),
+                    format!("{ACCEPTED}; {e}"),
+                )),
+            };
         }
         let Some(rest) = value.strip_prefix("sqlite:///") else {
             return Err(invalid(NAME, &redact_password(value), ACCEPTED));
@@ -96,6 +114,37 @@ impl DatabaseUrl {
         // `sqlite:////abs` leaves `/abs`; `sqlite:///rel` leaves `rel`.
         Ok(DatabaseUrl::SqliteFile(PathBuf::from(rest)))
     }
+
+    /// For messages and logs: the password of a PostgreSQL URL is hidden.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::SqliteFile(path) => path.display().to_string(),
+            DatabaseUrl::SqliteMemory => "in memory".into(),
+            DatabaseUrl::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::SqliteFile(path) => f.debug_tuple("SqliteFile").field(path).finish(),
+            DatabaseUrl::SqliteMemory => f.write_str("SqliteMemory"),
+            DatabaseUrl::Postgres(_) => f.debug_tuple("Postgres").field(&self.redacted()).finish(),
+        }
+    }
+}
+
+/// `postgresql://...` for the PostgreSQL forms SQLAlchemy users write (the
+/// scheme's case ignored, a psycopg driver suffix dropped); None for others.
+fn postgres_url(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "postgresql" | "postgres" | "postgresql+psycopg2" | "postgresql+psycopg" => {
+            Some(format!("postgresql://{rest}"))
+        }
+        _ => None,
+    }
 }
 
 /// Hides the password of a URL with credentials, so errors never print it.
@@ -106,7 +155,22 @@ fn redact_password(value: &str) -> String {
             let _ = url.set_password(Some("***"));
             url.to_string()
         }
-        _ => value.to_string(),
+        Ok(_) => value.to_string(),
+        // Not a URL (a bad port, say): cut `user:password@` by hand.
+        Err(_) => {
+            let Some((scheme, rest)) = value.split_once("://") else {
+                return value.to_string();
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}{tail}")
+                }
+                _ => value.to_string(),
+            }
+        }
     }
 }
 
@@ -148,6 +212,8 @@ pub struct Settings {
     pub secret_key: String,
     /// True when `SECRET_KEY` was absent and a random one was generated.
     pub secret_key_generated: bool,
+    /// `AUTHZ_SHARED_KEY`: what the edge filter must send to use `/authz/v1/...`.
+    pub authz_shared_key: Option<String>,
     pub database_url: DatabaseUrl,
     pub session_cookie_name: String,
     pub session_cookie_secure: bool,
@@ -164,6 +230,12 @@ pub struct Settings {
     pub oidc_group_detection_plugin: Detection,
     /// `OIDC_GRAPH_API_URL`: Microsoft Graph's base URL (Entra ID detection).
     pub oidc_graph_api_url: Url,
+    /// `SESSION_TYPE` (with `SESSION_FILE_DIR` or `REDIS_*`): where server-side sessions live.
+    pub session_type: SessionType,
+    /// `SESSION_KEY_PREFIX`: namespaces session files and Redis keys.
+    pub session_key_prefix: String,
+    /// `SESSION_PERMANENT`: the cookie gets a `Max-Age` (else it is a browser-session cookie).
+    pub session_permanent: bool,
 }
 
 // Secrets stay out of logs and panics alike.
@@ -201,6 +273,9 @@ impl fmt::Debug for Settings {
                 &self.oidc_group_detection_plugin,
             )
             .field("oidc_graph_api_url", &self.oidc_graph_api_url.as_str())
+            .field("session_type", &self.session_type)
+            .field("session_key_prefix", &self.session_key_prefix)
+            .field("session_permanent", &self.session_permanent)
             .finish_non_exhaustive()
     }
 }
@@ -418,6 +493,10 @@ impl Settings {
             oidc_http_timeout_seconds: src.positive("OIDC_HTTP_TIMEOUT_SECONDS", 10)?,
             secret_key,
             secret_key_generated,
+            authz_shared_key: src
+                .get(mlflow_edge_authz::wire::SERVICE_KEY_ENV)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
             database_url: DatabaseUrl::parse(
                 src.get("OIDC_USERS_DB_URI").unwrap_or("sqlite:///auth.db"),
             )?,
@@ -435,6 +514,9 @@ impl Settings {
             oidc_userinfo_groups: src.bool("OIDC_USERINFO_GROUPS", false)?,
             oidc_group_detection_plugin: group_detection(&src)?,
             oidc_graph_api_url: graph_api_url(&src)?,
+            session_type: session_type(&src)?,
+            session_key_prefix: src.string("SESSION_KEY_PREFIX", "mlflow_oidc:"),
+            session_permanent: src.bool("SESSION_PERMANENT", false)?,
         })
     }
 
@@ -473,6 +555,50 @@ fn graph_api_url(src: &Source) -> Result<Url, SettingsError> {
             raw,
             "an absolute http:// or https:// URL without query, such as https://graph.microsoft.com/v1.0",
         )),
+    }
+}
+
+/// `SESSION_TYPE` and the settings of its store. `REDIS_*` are read only for
+/// `redis` (Kubernetes sets `REDIS_PORT=tcp://...` for a Service named `redis`).
+fn session_type(src: &Source) -> Result<SessionType, SettingsError> {
+    const NAME: &str = "SESSION_TYPE";
+    let raw = src.get(NAME).unwrap_or("sql");
+    match raw.to_ascii_lowercase().as_str() {
+        "sql" => Ok(SessionType::Sql),
+        "filesystem" => Ok(SessionType::Filesystem {
+            dir: PathBuf::from(src.get("SESSION_FILE_DIR").unwrap_or("flask_session")),
+        }),
+        "redis" => {
+            let port_raw = src.get("REDIS_PORT").unwrap_or("6379");
+            let port = match port_raw.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    return Err(invalid(
+                        "REDIS_PORT",
+                        port_raw,
+                        "a port number from 1 to 65535 (under Kubernetes, a Service named \
+                         redis sets REDIS_PORT=tcp://...: set REDIS_PORT explicitly)",
+                    ))
+                }
+            };
+            let db_raw = src.get("REDIS_DB").unwrap_or("0");
+            let db = db_raw.parse::<u32>().map_err(|_| {
+                invalid(
+                    "REDIS_DB",
+                    db_raw,
+                    "a database number: a whole number from 0",
+                )
+            })?;
+            Ok(SessionType::Redis(RedisSettings {
+                host: src.string("REDIS_HOST", "localhost"),
+                port,
+                db: i64::from(db),
+                username: src.get("REDIS_USERNAME").map(String::from),
+                password: src.get("REDIS_PASSWORD").map(String::from),
+                ssl: src.bool("REDIS_SSL", false)?,
+            }))
+        }
+        _ => Err(invalid(NAME, raw, format!("one of {SESSION_TYPES}"))),
     }
 }
 
@@ -657,15 +783,54 @@ mod tests {
             DatabaseUrl::parse("sqlite::memory:").unwrap(),
             DatabaseUrl::SqliteMemory
         );
-        let err = DatabaseUrl::parse("postgresql://u:pw@db/mlflow")
+        let err = DatabaseUrl::parse("mysql://u:pw@db/mlflow")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("postgresql://u:***@db/mlflow"), "{err}");
-        for bad in ["sqlite:///", "sqlite://auth.db", "mysql://x"] {
+        assert!(err.contains("mysql://u:***@db/mlflow"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        for bad in [
+            "sqlite:///",
+            "sqlite://auth.db",
+            "mysql://x",
+            "postgresql+asyncpg://u@db/x",
+            "postgresql://u@db:notaport/x",
+            "postgresql://u@db/x?sslmode=sometimes",
+        ] {
             let err = DatabaseUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains("OIDC_USERS_DB_URI"), "{err}");
             assert!(err.contains(bad), "{err}");
+            assert!(err.contains("postgresql://user:password@host"), "{err}");
         }
+    }
+
+    #[test]
+    fn postgres_url_forms() {
+        let pg = |s: &str| DatabaseUrl::Postgres(s.to_string());
+        for (given, wanted) in [
+            (
+                "postgresql://u:pw@db:5433/mlflow",
+                "postgresql://u:pw@db:5433/mlflow",
+            ),
+            ("postgres://u:pw@db/mlflow", "postgresql://u:pw@db/mlflow"),
+            (
+                "postgresql+psycopg2://u:pw@db/mlflow?sslmode=require",
+                "postgresql://u:pw@db/mlflow?sslmode=require",
+            ),
+            (
+                "postgresql+psycopg://u@db/mlflow",
+                "postgresql://u@db/mlflow",
+            ),
+            ("PostgreSQL://db/mlflow", "postgresql://db/mlflow"),
+        ] {
+            assert_eq!(DatabaseUrl::parse(given).unwrap(), pg(wanted), "{given}");
+        }
+        let url = DatabaseUrl::parse("postgresql://u:s3cret@db/mlflow").unwrap();
+        assert_eq!(url.redacted(), "postgresql://u:***@db/mlflow");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let err = DatabaseUrl::parse("postgresql://u:s3cret@db:x/mlflow")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]
@@ -733,5 +898,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("OIDC_USERINFO_GROUPS"), "{err}");
+    }
+
+    #[test]
+    fn session_store_settings() {
+        let s = Settings::from_vars(&base()).unwrap();
+        assert_eq!(s.session_type, SessionType::Sql);
+        assert_eq!(s.session_key_prefix, "mlflow_oidc:");
+        assert!(!s.session_permanent);
+
+        let s = Settings::from_vars(&with(&[
+            ("SESSION_TYPE", "filesystem"),
+            ("SESSION_KEY_PREFIX", "team:"),
+            ("SESSION_PERMANENT", "True"),
+            // Not read unless SESSION_TYPE=redis.
+            ("REDIS_PORT", "tcp://10.0.0.1:6379"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.session_type,
+            SessionType::Filesystem {
+                dir: PathBuf::from("flask_session")
+            }
+        );
+        assert_eq!(s.session_key_prefix, "team:");
+        assert!(s.session_permanent);
+        let s = Settings::from_vars(&with(&[
+            ("SESSION_TYPE", "filesystem"),
+            ("SESSION_FILE_DIR", "/var/lib/sessions"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.session_type,
+            SessionType::Filesystem {
+                dir: PathBuf::from("/var/lib/sessions")
+            }
+        );
+
+        let s = Settings::from_vars(&with(&[("SESSION_TYPE", "Redis")])).unwrap();
+        let SessionType::Redis(redis) = &s.session_type else {
+            panic!("{:?}", s.session_type)
+        };
+        assert_eq!(redis.target(), "redis://localhost:6379/0");
+        assert_eq!(
+            (redis.username.as_ref(), redis.password.as_ref()),
+            (None, None)
+        );
+        let s = Settings::from_vars(&with(&[
+            ("SESSION_TYPE", "redis"),
+            ("REDIS_HOST", "cache.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "3"),
+            ("REDIS_USERNAME", "mlflow"),
+            ("REDIS_PASSWORD", "hunter2"),
+            ("REDIS_SSL", "yes"),
+        ]))
+        .unwrap();
+        let SessionType::Redis(redis) = &s.session_type else {
+            panic!("{:?}", s.session_type)
+        };
+        assert_eq!(redis.target(), "rediss://cache.internal:6380/3");
+        assert_eq!(redis.username.as_deref(), Some("mlflow"));
+        assert_eq!(redis.password.as_deref(), Some("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+
+        for (name, value, accepted) in [
+            ("SESSION_TYPE", "memcached", "one of sql, filesystem, redis"),
+            ("SESSION_PERMANENT", "forever", "true, false, 1, 0, yes, no"),
+            ("REDIS_PORT", "0", "a port number from 1 to 65535"),
+            (
+                "REDIS_PORT",
+                "tcp://10.0.0.1:6379",
+                "a port number from 1 to 65535",
+            ),
+            ("REDIS_PORT", "70000", "a port number from 1 to 65535"),
+            ("REDIS_DB", "-1", "a database number"),
+            ("REDIS_SSL", "sometimes", "true, false, 1, 0, yes, no"),
+        ] {
+            let err = Settings::from_vars(&with(&[("SESSION_TYPE", "redis"), (name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(value), "{err}");
+            assert!(err.contains(accepted), "{err}");
+        }
     }
 }

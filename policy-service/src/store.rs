@@ -1,19 +1,29 @@
 //! All SQL lives here. Runtime-checked queries (`sqlx::query`), so the crate
 //! builds without a database; the migrations are embedded in the binary.
 //!
-//! Only SQLite for now. PostgreSQL will be a second pool variant behind the
-//! same methods, with its own migrations directory (`migrations/postgres`).
+//! Two backends, SQLite and PostgreSQL, behind the same methods. Each query is
+//! written once: `$1`-style placeholders (which sqlx's SQLite driver reads as
+//! well), `RETURNING` and `ON CONFLICT` (both have them), booleans bound as
+//! `bool` (an `INTEGER` 0/1 in SQLite, a `BOOLEAN` in PostgreSQL), times as
+//! integer unix seconds (`INTEGER` / `BIGINT`). `on_pool!` compiles a method's
+//! body once per backend. Only the first signing key's insert differs (a
+//! PostgreSQL advisory lock). Each backend has its own migrations directory
+//! (`migrations/sqlite`, `migrations/postgres`), embedded with `sqlx::migrate!`.
 
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
 use thiserror::Error;
 
 use crate::settings::DatabaseUrl;
 
 /// How long a login attempt (`auth_states` row) stays usable.
 pub const AUTH_STATE_TTL_SECONDS: i64 = 15 * 60;
+
+/// PostgreSQL advisory lock that serializes the first signing key's insert
+/// between replicas ("mlflowk1").
+const FIRST_SIGNING_KEY_LOCK: i64 = 0x6d6c_666c_6f77_6b31;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -36,7 +46,7 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuthState {
     pub nonce: String,
     pub pkce_verifier: String,
@@ -55,7 +65,7 @@ pub struct SessionRecord {
     pub user: Option<UserRecord>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UserRecord {
     pub id: i64,
     pub username: String,
@@ -63,7 +73,7 @@ pub struct UserRecord {
     pub is_admin: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SigningKeyRow {
     pub kid: String,
     pub private_key: Vec<u8>,
@@ -71,7 +81,7 @@ pub struct SigningKeyRow {
 }
 
 /// A personal access token, without its secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct AccessTokenRecord {
     pub id: i64,
     pub name: String,
@@ -92,14 +102,101 @@ pub struct AccessTokenCheck {
     pub user: UserRecord,
 }
 
+/// `sessions` LEFT JOIN `users`, flat.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: String,
+    user_id: i64,
+    created_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+    uid: Option<i64>,
+    username: Option<String>,
+    display_name: Option<String>,
+    is_admin: Option<bool>,
+}
+
+impl From<SessionRow> for SessionRecord {
+    fn from(row: SessionRow) -> Self {
+        let user = match (row.uid, row.username, row.display_name, row.is_admin) {
+            (Some(id), Some(username), Some(display_name), Some(is_admin)) => Some(UserRecord {
+                id,
+                username,
+                display_name,
+                is_admin,
+            }),
+            _ => None,
+        };
+        SessionRecord {
+            id: row.id,
+            user_id: row.user_id,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            user,
+        }
+    }
+}
+
+/// `access_tokens` JOIN `users`, flat.
+#[derive(sqlx::FromRow)]
+struct TokenCheckRow {
+    id: i64,
+    token_hash: String,
+    expires_at: i64,
+    last_used_at: Option<i64>,
+    user_id: i64,
+    username: String,
+    display_name: String,
+    is_admin: bool,
+}
+
+impl From<TokenCheckRow> for AccessTokenCheck {
+    fn from(row: TokenCheckRow) -> Self {
+        AccessTokenCheck {
+            id: row.id,
+            token_hash: row.token_hash,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+            user: UserRecord {
+                id: row.user_id,
+                username: row.username,
+                display_name: row.display_name,
+                is_admin: row.is_admin,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's concrete pool: the body (and
+/// its SQL) is written once and compiled for each backend.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
 impl Store {
-    /// Opens (creating when missing) and migrates the database.
+    /// Opens (creating when missing, for a SQLite file) and migrates the database.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            target: url.redacted(),
+            source,
+        };
         let pool = match url {
             DatabaseUrl::SqliteFile(path) => {
                 let options = SqliteConnectOptions::new()
@@ -108,39 +205,49 @@ impl Store {
                     .foreign_keys(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(Duration::from_secs(5));
-                SqlitePoolOptions::new()
+                let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .connect_with(options)
                     .await
-                    .map_err(|source| StoreError::Open {
-                        target: path.display().to_string(),
-                        source,
-                    })?
+                    .map_err(open_error)?;
+                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                Pool::Sqlite(pool)
             }
             DatabaseUrl::SqliteMemory => {
                 // One connection that never closes: the database lives as long as it does.
                 let options = SqliteConnectOptions::new()
                     .in_memory(true)
                     .foreign_keys(true);
-                SqlitePoolOptions::new()
+                let pool = SqlitePoolOptions::new()
                     .max_connections(1)
                     .min_connections(1)
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .connect_with(options)
                     .await
-                    .map_err(|source| StoreError::Open {
-                        target: "in memory".into(),
-                        source,
-                    })?
+                    .map_err(open_error)?;
+                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                Pool::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options: PgConnectOptions = url.parse().map_err(open_error)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(open_error)?;
+                // sqlx holds an advisory lock while it migrates: replicas starting
+                // together migrate once.
+                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                Pool::Postgres(pool)
             }
         };
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool| pool.close().await)
     }
 
     // ---- login attempts -------------------------------------------------
@@ -154,21 +261,23 @@ impl Store {
         next: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM auth_states WHERE created_at < ?")
-            .bind(now - AUTH_STATE_TTL_SECONDS)
-            .execute(&self.pool)
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM auth_states WHERE created_at < $1")
+                .bind(now - AUTH_STATE_TTL_SECONDS)
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO auth_states (state, nonce, pkce_verifier, next, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(state)
+            .bind(nonce)
+            .bind(pkce_verifier)
+            .bind(next)
+            .bind(now)
+            .execute(pool)
             .await?;
-        sqlx::query(
-            "INSERT INTO auth_states (state, nonce, pkce_verifier, next, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(state)
-        .bind(nonce)
-        .bind(pkce_verifier)
-        .bind(next)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        });
         Ok(())
     }
 
@@ -179,19 +288,13 @@ impl Store {
         state: &str,
         now: i64,
     ) -> Result<Option<AuthState>, StoreError> {
-        let row = sqlx::query(
-            "DELETE FROM auth_states WHERE state = ? \
-             RETURNING nonce, pkce_verifier, next, created_at",
-        )
-        .bind(state)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let auth_state = AuthState {
-            nonce: row.try_get("nonce")?,
-            pkce_verifier: row.try_get("pkce_verifier")?,
-            next: row.try_get("next")?,
-            created_at: row.try_get("created_at")?,
+        let sql = "DELETE FROM auth_states WHERE state = $1 \
+                   RETURNING nonce, pkce_verifier, next, created_at";
+        let auth_state: Option<AuthState> = on_pool!(self, |pool| {
+            sqlx::query_as(sql).bind(state).fetch_optional(pool).await?
+        });
+        let Some(auth_state) = auth_state else {
+            return Ok(None);
         };
         if now - auth_state.created_at > AUTH_STATE_TTL_SECONDS || auth_state.created_at > now + 60
         {
@@ -213,87 +316,80 @@ impl Store {
         groups: &[String],
         now: i64,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let user_id: i64 = sqlx::query(
-            "INSERT INTO users (username, display_name, is_admin, created_at, last_login_at) \
-             VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (username) DO UPDATE SET \
-               display_name = excluded.display_name, \
-               is_admin = excluded.is_admin, \
-               last_login_at = excluded.last_login_at \
-             RETURNING id",
-        )
-        .bind(username)
-        .bind(display_name)
-        .bind(is_admin)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let user_id: i64 = sqlx::query_scalar(
+                "INSERT INTO users (username, display_name, is_admin, created_at, last_login_at) \
+                 VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (username) DO UPDATE SET \
+                   display_name = excluded.display_name, \
+                   is_admin = excluded.is_admin, \
+                   last_login_at = excluded.last_login_at \
+                 RETURNING id",
+            )
+            .bind(username)
+            .bind(display_name)
+            .bind(is_admin)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
 
-        sqlx::query("DELETE FROM user_groups WHERE user_id = ?")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        for group in groups {
-            sqlx::query(
-                "INSERT INTO groups (group_name) VALUES (?) ON CONFLICT (group_name) DO NOTHING",
-            )
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO user_groups (user_id, group_id) \
-                 SELECT ?, id FROM groups WHERE group_name = ? \
-                 ON CONFLICT (user_id, group_id) DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(user_id)
+            sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            for group in groups {
+                sqlx::query(
+                    "INSERT INTO groups (group_name) VALUES ($1) \
+                     ON CONFLICT (group_name) DO NOTHING",
+                )
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO user_groups (user_id, group_id) \
+                     SELECT $1, id FROM groups WHERE group_name = $2 \
+                     ON CONFLICT (user_id, group_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(user_id)
+        })
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, username, display_name, is_admin FROM users WHERE username = ?",
-        )
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(UserRecord {
-                id: row.try_get("id")?,
-                username: row.try_get("username")?,
-                display_name: row.try_get("display_name")?,
-                is_admin: row.try_get("is_admin")?,
-            })
+        let sql = "SELECT id, username, display_name, is_admin FROM users WHERE username = $1";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_as(sql)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?)
         })
-        .transpose()
     }
 
     /// The user's group names, sorted.
     pub async fn user_groups(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT g.group_name FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
-             WHERE ug.user_id = ? ORDER BY g.group_name",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| row.try_get("group_name").map_err(StoreError::from))
-            .collect()
+        let sql = "SELECT g.group_name FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
+                   WHERE ug.user_id = $1 ORDER BY g.group_name";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_scalar(sql)
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?)
+        })
     }
 
     pub async fn delete_user(&self, user_id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM users WHERE id = ?")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM users WHERE id = $1")
+                .bind(user_id)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -301,16 +397,19 @@ impl Store {
 
     /// Drops the user's expired tokens; then the number of live ones.
     pub async fn purge_and_count_tokens(&self, user_id: i64, now: i64) -> Result<i64, StoreError> {
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = ? AND expires_at <= ?")
-            .bind(user_id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM access_tokens WHERE user_id = ?")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
+        on_pool!(self, |pool| {
+            sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND expires_at <= $2")
+                .bind(user_id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            Ok(
+                sqlx::query_scalar("SELECT COUNT(*) FROM access_tokens WHERE user_id = $1")
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await?,
+            )
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -324,21 +423,23 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<AccessTokenRecord, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO access_tokens (user_id, name, prefix, token_hash, created_at, created_by, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(user_id)
-        .bind(name)
-        .bind(prefix)
-        .bind(token_hash)
-        .bind(now)
-        .bind(created_by)
-        .bind(expires_at)
-        .fetch_one(&self.pool)
-        .await?;
+        let sql = "INSERT INTO access_tokens \
+                     (user_id, name, prefix, token_hash, created_at, created_by, expires_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id";
+        let id: i64 = on_pool!(self, |pool| {
+            sqlx::query_scalar(sql)
+                .bind(user_id)
+                .bind(name)
+                .bind(prefix)
+                .bind(token_hash)
+                .bind(now)
+                .bind(created_by)
+                .bind(expires_at)
+                .fetch_one(pool)
+                .await?
+        });
         Ok(AccessTokenRecord {
-            id: row.try_get("id")?,
+            id,
             name: name.to_string(),
             token_prefix: prefix.to_string(),
             created_at: now,
@@ -350,78 +451,56 @@ impl Store {
 
     /// The user's tokens, newest first.
     pub async fn tokens(&self, user_id: i64) -> Result<Vec<AccessTokenRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, prefix, created_at, created_by, expires_at, last_used_at \
-             FROM access_tokens WHERE user_id = ? ORDER BY created_at DESC, id DESC",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AccessTokenRecord {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    token_prefix: row.try_get("prefix")?,
-                    created_at: row.try_get("created_at")?,
-                    created_by: row.try_get("created_by")?,
-                    expires_at: row.try_get("expires_at")?,
-                    last_used_at: row.try_get("last_used_at")?,
-                })
-            })
-            .collect()
+        let sql = "SELECT id, name, prefix AS token_prefix, created_at, created_by, expires_at, \
+                          last_used_at \
+                   FROM access_tokens WHERE user_id = $1 ORDER BY created_at DESC, id DESC";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_as(sql).bind(user_id).fetch_all(pool).await?)
+        })
     }
 
     /// Revokes one of the user's tokens; false when it is not theirs or unknown.
     pub async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM access_tokens WHERE user_id = ? AND id = ?")
-            .bind(user_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+        let sql = "DELETE FROM access_tokens WHERE user_id = $1 AND id = $2";
+        let affected = on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(user_id)
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected > 0)
     }
 
     pub async fn token_by_prefix(
         &self,
         prefix: &str,
     ) -> Result<Option<AccessTokenCheck>, StoreError> {
-        let row = sqlx::query(
-            "SELECT t.id, t.token_hash, t.expires_at, t.last_used_at, \
-                    u.id AS user_id, u.username, u.display_name, u.is_admin \
-             FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.prefix = ?",
-        )
-        .bind(prefix)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(AccessTokenCheck {
-                id: row.try_get("id")?,
-                token_hash: row.try_get("token_hash")?,
-                expires_at: row.try_get("expires_at")?,
-                last_used_at: row.try_get("last_used_at")?,
-                user: UserRecord {
-                    id: row.try_get("user_id")?,
-                    username: row.try_get("username")?,
-                    display_name: row.try_get("display_name")?,
-                    is_admin: row.try_get("is_admin")?,
-                },
-            })
-        })
-        .transpose()
+        let sql = "SELECT t.id, t.token_hash, t.expires_at, t.last_used_at, \
+                          u.id AS user_id, u.username, u.display_name, u.is_admin \
+                   FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.prefix = $1";
+        let row: Option<TokenCheckRow> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(prefix)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(AccessTokenCheck::from))
     }
 
     /// Records a use, at most one write per token per `every` seconds.
     pub async fn touch_token(&self, id: i64, now: i64, every: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE access_tokens SET last_used_at = ? \
-             WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(now - every)
-        .execute(&self.pool)
-        .await?;
+        let sql = "UPDATE access_tokens SET last_used_at = $1 \
+                   WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(id)
+                .bind(now - every)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -434,133 +513,254 @@ impl Store {
         now: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(user_id)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
+        let sql = "INSERT INTO sessions (id, user_id, created_at, expires_at) \
+                   VALUES ($1, $2, $3, $4)";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(user_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.revoked_at, \
-                    u.id AS uid, u.username, u.display_name, u.is_admin \
-             FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
-             WHERE s.id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let uid: Option<i64> = row.try_get("uid")?;
-        let user = match uid {
-            Some(uid) => Some(UserRecord {
-                id: uid,
-                username: row.try_get("username")?,
-                display_name: row.try_get("display_name")?,
-                is_admin: row.try_get("is_admin")?,
-            }),
-            None => None,
-        };
-        Ok(Some(SessionRecord {
-            id: row.try_get("id")?,
-            user_id: row.try_get("user_id")?,
-            created_at: row.try_get("created_at")?,
-            expires_at: row.try_get("expires_at")?,
-            revoked_at: row.try_get("revoked_at")?,
-            user,
-        }))
+        let sql = "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.revoked_at, \
+                          u.id AS uid, u.username, u.display_name, u.is_admin \
+                   FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
+                   WHERE s.id = $1";
+        let row: Option<SessionRow> = on_pool!(self, |pool| {
+            sqlx::query_as(sql).bind(id).fetch_optional(pool).await?
+        });
+        Ok(row.map(SessionRecord::from))
     }
 
     /// Revokes a session; false when it was unknown or already revoked.
     pub async fn revoke_session(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+        let sql = "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
+        let affected = on_pool!(self, |pool| {
+            sqlx::query(sql)
                 .bind(now)
                 .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected > 0)
+    }
+
+    /// Revokes every live session of the user (`SessionStore::revoke_all_of_user`
+    /// for `SESSION_TYPE=sql`); how many were revoked.
+    pub async fn revoke_user_sessions(&self, user_id: i64, now: i64) -> Result<u64, StoreError> {
+        let sql = "UPDATE sessions SET revoked_at = $1 \
+                   WHERE user_id = $2 AND revoked_at IS NULL AND expires_at > $1";
+        let affected = on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(now)
+                .bind(user_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected)
     }
 
     // ---- session signing keys ---------------------------------------------
 
-    fn key_row(row: &sqlx::sqlite::SqliteRow) -> Result<SigningKeyRow, StoreError> {
-        Ok(SigningKeyRow {
-            kid: row.try_get("kid")?,
-            private_key: row.try_get("private_key")?,
-            created_at: row.try_get("created_at")?,
+    /// The key new session cookies are signed with: the newest one.
+    pub async fn newest_signing_key(&self) -> Result<Option<SigningKeyRow>, StoreError> {
+        let sql = "SELECT kid, private_key, created_at FROM signing_keys \
+                   ORDER BY created_at DESC, kid DESC LIMIT 1";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_as(sql).fetch_optional(pool).await?)
         })
     }
 
-    /// The key new session cookies are signed with: the newest one.
-    pub async fn newest_signing_key(&self) -> Result<Option<SigningKeyRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT kid, private_key, created_at FROM signing_keys \
-             ORDER BY created_at DESC, kid DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(Self::key_row).transpose()
-    }
-
     pub async fn signing_key(&self, kid: &str) -> Result<Option<SigningKeyRow>, StoreError> {
-        let row =
-            sqlx::query("SELECT kid, private_key, created_at FROM signing_keys WHERE kid = ?")
-                .bind(kid)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(Self::key_row).transpose()
+        let sql = "SELECT kid, private_key, created_at FROM signing_keys WHERE kid = $1";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_as(sql).bind(kid).fetch_optional(pool).await?)
+        })
     }
 
     /// Every signing key, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, private_key, created_at FROM signing_keys \
-             ORDER BY created_at DESC, kid DESC",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(Self::key_row).collect()
+        let sql = "SELECT kid, private_key, created_at FROM signing_keys \
+                   ORDER BY created_at DESC, kid DESC";
+        on_pool!(self, |pool| Ok(sqlx::query_as(sql).fetch_all(pool).await?))
     }
 
-    /// Inserts the first signing key, unless another replica got there first
-    /// (one statement, so two replicas starting together cannot both insert).
+    /// Inserts the first signing key, unless another replica got there first,
+    /// so replicas starting together end up with one key. In SQLite the single
+    /// statement is enough (one writer at a time). In PostgreSQL two concurrent
+    /// `NOT EXISTS` checks could both pass, so the insert runs under a
+    /// transaction-scoped advisory lock: the second replica waits for the first
+    /// one's commit, then its statement sees the row and inserts nothing.
     pub async fn insert_first_signing_key(
         &self,
         kid: &str,
         private_key: &[u8],
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, private_key, created_at) \
-             SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
-        )
-        .bind(kid)
-        .bind(private_key)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let sql = "INSERT INTO signing_keys (kid, private_key, created_at) \
+                   SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)";
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query(sql)
+                    .bind(kid)
+                    .bind(private_key)
+                    .bind(now)
+                    .execute(pool)
+                    .await?;
+            }
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(FIRST_SIGNING_KEY_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql)
+                    .bind(kid)
+                    .bind(private_key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+        }
         Ok(())
+    }
+}
+
+/// Databases for tests. `POLICY_SERVICE_TEST_DATABASE_URL` (a PostgreSQL URL,
+/// as `make test` exports it) runs the tests on that server: every fresh
+/// database is then a newly created PostgreSQL database, named
+/// `policy_service_test_<random>`, on it (left there; `make test`'s server is
+/// thrown away afterwards). Unset, they run on SQLite.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+
+    use sqlx::Connection;
+
+    use crate::settings::DatabaseUrl;
+
+    pub const TEST_DATABASE_VAR: &str = "POLICY_SERVICE_TEST_DATABASE_URL";
+
+    fn server() -> Option<String> {
+        let value = std::env::var(TEST_DATABASE_VAR).ok()?;
+        if value.trim().is_empty() {
+            return None;
+        }
+        match DatabaseUrl::parse(&value) {
+            Ok(DatabaseUrl::Postgres(url)) => Some(url),
+            _ => panic!("{TEST_DATABASE_VAR} must be a postgresql:// URL"),
+        }
+    }
+
+    /// Creates an empty PostgreSQL database on the test server; its URL.
+    fn create_postgres_database(server: &str) -> String {
+        let name = format!("policy_service_test_{:016x}", rand::random::<u64>());
+        let create = format!("CREATE DATABASE {name}");
+        // On a thread of its own: the callers may already be inside a runtime.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let mut conn = sqlx::PgConnection::connect(server).await.unwrap();
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                        conn.close().await.unwrap();
+                    });
+                })
+                .join()
+                .unwrap();
+        });
+        let mut url = url::Url::parse(server).unwrap();
+        url.set_path(&name);
+        url.to_string()
+    }
+
+    /// `OIDC_USERS_DB_URI` of a fresh, empty database of its own: in-memory
+    /// SQLite, or a new PostgreSQL database.
+    pub fn fresh_database_uri() -> String {
+        match server() {
+            Some(server) => create_postgres_database(&server),
+            None => "sqlite::memory:".into(),
+        }
+    }
+
+    pub fn fresh_database() -> DatabaseUrl {
+        DatabaseUrl::parse(&fresh_database_uri()).unwrap()
+    }
+
+    /// A fresh database that several stores (restarts, replicas) can open: a
+    /// SQLite file in the temporary directory (removed on drop), or a new
+    /// PostgreSQL database.
+    pub struct SharedDatabase {
+        pub uri: String,
+        file: Option<PathBuf>,
+    }
+
+    impl SharedDatabase {
+        pub fn new() -> Self {
+            if let Some(server) = server() {
+                return SharedDatabase {
+                    uri: create_postgres_database(&server),
+                    file: None,
+                };
+            }
+            let name = format!("policy-service-test-{:016x}.db", rand::random::<u64>());
+            let file = std::env::temp_dir().join(name);
+            SharedDatabase {
+                uri: format!("sqlite:///{}", file.display()),
+                file: Some(file),
+            }
+        }
+
+        pub fn url(&self) -> DatabaseUrl {
+            DatabaseUrl::parse(&self.uri).unwrap()
+        }
+
+        /// The SQLite file, when on SQLite.
+        pub fn file(&self) -> Option<&Path> {
+            self.file.as_deref()
+        }
+    }
+
+    impl Drop for SharedDatabase {
+        fn drop(&mut self) {
+            let Some(file) = &self.file else { return };
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = file.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{fresh_database, SharedDatabase};
     use super::*;
 
-    async fn memory() -> Store {
-        Store::connect(&DatabaseUrl::SqliteMemory).await.unwrap()
+    async fn fresh() -> Store {
+        Store::connect(&fresh_database()).await.unwrap()
     }
 
     #[tokio::test]
     async fn auth_states_are_single_use_and_expire() {
-        let store = memory().await;
+        let store = fresh().await;
         let t = 1_000_000;
         store
             .insert_auth_state("s1", "n1", "v1", "/next", t)
@@ -568,7 +768,9 @@ mod tests {
             .unwrap();
         let got = store.take_auth_state("s1", t + 10).await.unwrap().unwrap();
         assert_eq!(got.nonce, "n1");
+        assert_eq!(got.pkce_verifier, "v1");
         assert_eq!(got.next, "/next");
+        assert_eq!(got.created_at, t);
         assert_eq!(store.take_auth_state("s1", t + 10).await.unwrap(), None);
 
         store
@@ -586,13 +788,19 @@ mod tests {
 
     #[tokio::test]
     async fn login_upserts_user_and_replaces_groups() {
-        let store = memory().await;
+        let store = fresh().await;
         let groups = vec!["mlflow".to_string(), "mlflow-admin".to_string()];
         let id = store
             .record_login("alice@example.com", "Alice", true, &groups, 10)
             .await
             .unwrap();
         assert_eq!(store.user_groups(id).await.unwrap(), groups);
+        let user = store
+            .user_by_name("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(user.is_admin);
         let again = store
             .record_login("alice@example.com", "Alice", false, &["mlflow".into()], 20)
             .await
@@ -605,15 +813,112 @@ mod tests {
             .unwrap();
         assert!(!user.is_admin, "demoted at the next login");
         assert_eq!(store.user_groups(id).await.unwrap(), vec!["mlflow"]);
+        assert_eq!(store.user_by_name("nobody").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sessions_follow_their_user() {
+        let store = fresh().await;
+        let uid = store
+            .record_login("bob", "Bob", true, &[], 10)
+            .await
+            .unwrap();
+        store.create_session("sid", uid, 10, 100).await.unwrap();
+        let session = store.session("sid").await.unwrap().unwrap();
+        assert_eq!(
+            (session.user_id, session.created_at, session.expires_at),
+            (uid, 10, 100)
+        );
+        assert_eq!(session.revoked_at, None);
+        assert!(session.user.unwrap().is_admin);
+        assert!(store.revoke_session("sid", 20).await.unwrap());
+        assert!(!store.revoke_session("sid", 30).await.unwrap());
+        assert_eq!(
+            store.session("sid").await.unwrap().unwrap().revoked_at,
+            Some(20)
+        );
+        assert_eq!(store.session("other").await.unwrap(), None);
+        store.delete_user(uid).await.unwrap();
+        assert_eq!(store.session("sid").await.unwrap(), None, "cascaded");
+    }
+
+    #[tokio::test]
+    async fn access_tokens_round_trip() {
+        let store = fresh().await;
+        let uid = store
+            .record_login("carol", "Carol", false, &[], 10)
+            .await
+            .unwrap();
+        let old = store
+            .insert_token(uid, "old", "p1", "h1", "carol", 10, 50)
+            .await
+            .unwrap();
+        let new = store
+            .insert_token(uid, "new", "p2", "h2", "admin", 20, 500)
+            .await
+            .unwrap();
+        assert_ne!(old.id, new.id);
+        assert_eq!(store.tokens(uid).await.unwrap(), vec![new.clone(), old]);
+        let check = store.token_by_prefix("p2").await.unwrap().unwrap();
+        assert_eq!(
+            (check.id, check.token_hash.as_str(), check.expires_at),
+            (new.id, "h2", 500)
+        );
+        assert_eq!(check.user.username, "carol");
+        assert!(!check.user.is_admin);
+        store.touch_token(new.id, 100, 60).await.unwrap();
+        store.touch_token(new.id, 130, 60).await.unwrap();
+        let check = store.token_by_prefix("p2").await.unwrap().unwrap();
+        assert_eq!(check.last_used_at, Some(100), "at most one write a minute");
+        assert_eq!(store.purge_and_count_tokens(uid, 60).await.unwrap(), 1);
+        assert!(store.token_by_prefix("p1").await.unwrap().is_none());
+        assert!(!store.delete_token(uid + 1, new.id).await.unwrap());
+        assert!(store.delete_token(uid, new.id).await.unwrap());
+        assert_eq!(store.purge_and_count_tokens(uid, 60).await.unwrap(), 0);
     }
 
     #[tokio::test]
     async fn first_signing_key_is_inserted_once() {
-        let store = memory().await;
+        let store = fresh().await;
         store.insert_first_signing_key("a", b"k1", 5).await.unwrap();
         store.insert_first_signing_key("b", b"k2", 6).await.unwrap();
         let keys = store.signing_keys().await.unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(store.newest_signing_key().await.unwrap().unwrap().kid, "a");
+        let newest = store.newest_signing_key().await.unwrap().unwrap();
+        assert_eq!(
+            (newest.kid.as_str(), &newest.private_key[..]),
+            ("a", &b"k1"[..])
+        );
+        assert_eq!(store.signing_key("a").await.unwrap(), Some(newest));
+        assert_eq!(store.signing_key("b").await.unwrap(), None);
+    }
+
+    /// Replicas starting together, each with its own pool, race for the first
+    /// key: exactly one wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_replicas_insert_one_first_signing_key() {
+        let db = SharedDatabase::new();
+        let url = db.url();
+        // Migrated once, so the replicas race for the key only.
+        Store::connect(&url).await.unwrap().close().await;
+        let mut replicas = Vec::new();
+        for _ in 0..8 {
+            replicas.push(Store::connect(&url).await.unwrap());
+        }
+        let mut inserts = tokio::task::JoinSet::new();
+        for (i, store) in replicas.iter().enumerate() {
+            let store = store.clone();
+            inserts.spawn(async move {
+                let kid = format!("kid-{i}");
+                store.insert_first_signing_key(&kid, b"key", 7).await
+            });
+        }
+        while let Some(done) = inserts.join_next().await {
+            done.unwrap().unwrap();
+        }
+        for store in &replicas {
+            assert_eq!(store.signing_keys().await.unwrap().len(), 1);
+            store.close().await;
+        }
     }
 }

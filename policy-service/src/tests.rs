@@ -1,7 +1,6 @@
 //! `app()` tests, without a socket: requests go through `tower::ServiceExt::oneshot`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -16,6 +15,7 @@ use tower::ServiceExt;
 use crate::routes::auth::complete_login;
 use crate::settings::Settings;
 use crate::store::now;
+use crate::store::testing::{fresh_database_uri, SharedDatabase};
 use crate::{app, AppState};
 
 fn settings(extra: &[(&str, &str)]) -> Settings {
@@ -29,12 +29,16 @@ fn settings(extra: &[(&str, &str)]) -> Settings {
         ("OIDC_CLIENT_SECRET", "secret"),
         ("OIDC_REDIRECT_URI", "http://localhost:8080/callback"),
         ("OIDC_HTTP_TIMEOUT_SECONDS", "3"),
-        ("OIDC_USERS_DB_URI", "sqlite::memory:"),
         ("OIDC_ADMIN_GROUP_NAME", "mlflow-admin"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    // A fresh database of its own (SQLite in memory, or PostgreSQL: see
+    // `store::testing`), unless the test names one.
+    if !extra.iter().any(|(k, _)| *k == "OIDC_USERS_DB_URI") {
+        vars.insert("OIDC_USERS_DB_URI".into(), fresh_database_uri());
+    }
     for (k, v) in extra {
         vars.insert(k.to_string(), v.to_string());
     }
@@ -146,7 +150,11 @@ async fn member_signs_in_and_the_cookie_verifies_with_the_published_keys() {
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(response.headers()[header::LOCATION], "/ok?x=1");
     let set_cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
-    assert!(set_cookie.contains("; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400"));
+    // SESSION_PERMANENT=false (the default): a browser-session cookie, no Max-Age.
+    assert!(
+        set_cookie.ends_with("; Path=/; HttpOnly; SameSite=Lax"),
+        "{set_cookie}"
+    );
     assert!(!set_cookie.contains("Secure"));
     let cookie = cookie_of(&response);
 
@@ -526,6 +534,7 @@ async fn secure_and_samesite_reach_the_cookie() {
         ("SESSION_COOKIE_SECURE", "yes"),
         ("SESSION_COOKIE_SAMESITE", "strict"),
         ("SESSION_COOKIE_NAME", "sess"),
+        ("SESSION_PERMANENT", "true"),
     ]))
     .await
     .unwrap();
@@ -544,37 +553,20 @@ async fn secure_and_samesite_reach_the_cookie() {
     );
 }
 
-struct TempDb(PathBuf);
-
-impl TempDb {
-    fn new() -> Self {
-        let name = format!(
-            "policy-service-test-{}.db",
-            wire::base64url_encode(&rand::random::<[u8; 9]>())
-        );
-        TempDb(std::env::temp_dir().join(name))
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 #[tokio::test]
 async fn signing_key_survives_a_restart_on_the_same_db_file() {
-    let db = TempDb::new();
-    let uri = format!("sqlite:///{}", db.0.display());
-    assert!(uri.starts_with("sqlite:////"));
+    // A SQLite file (or a PostgreSQL database) that outlives each AppState.
+    let db = SharedDatabase::new();
+    let uri = db.uri.clone();
+    if db.file().is_some() {
+        assert!(uri.starts_with("sqlite:////"));
+    }
     let first = AppState::new(settings(&[("OIDC_USERS_DB_URI", &uri)]))
         .await
         .unwrap();
-    assert!(db.0.exists(), "the database file is created");
+    if let Some(file) = db.file() {
+        assert!(file.exists(), "the database file is created");
+    }
     let kid = first.keys.kid().to_string();
     let response = sign_in(
         &first,
@@ -960,4 +952,214 @@ async fn nested_groups_claim_at_sign_in() {
         .unwrap()
         .unwrap();
     assert!(user.is_admin);
+}
+
+#[tokio::test]
+async fn with_a_shared_key_the_internal_api_answers_only_the_filter() {
+    let state = AppState::new(settings(&[("AUTHZ_SHARED_KEY", "s3cret")]))
+        .await
+        .unwrap();
+    let router = crate::app(state);
+    let check = |key: Option<&str>| {
+        let mut r =
+            Request::post(wire::BASIC_CHECK_PATH).header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            r = r.header(wire::SERVICE_KEY_HEADER, key);
+        }
+        r.body(Body::from(r#"{"username":"a","token":"mlf_00000000_x"}"#))
+            .unwrap()
+    };
+    for key in [None, Some("wrong"), Some("s3cret ")] {
+        let response = send(&router, check(key)).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{key:?}");
+    }
+    // The right key reaches the handler (which refuses this unknown token: 401).
+    let response = send(&router, check(Some("s3cret"))).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // The public keys stay public.
+    let response = send(&router, get(wire::SESSION_KEYS_PATH, None)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+// ---- SESSION_TYPE and SESSION_PERMANENT -------------------------------------------
+
+/// Sign-in, status, renewal and logout through the app with these settings;
+/// afterwards neither cookie is renewed nor signed in.
+async fn session_round_trip(extra: &[(&str, &str)]) -> AppState {
+    let state = AppState::new(settings(extra)).await.unwrap();
+    let router = app(state.clone());
+    let response = sign_in(
+        &state,
+        json!({"email": "bob@example.com", "sub": "2", "groups": ["mlflow"]}),
+        "/",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let cookie = cookie_of(&response);
+    let response = send(&router, get("/oidc/auth/status", Some(&cookie))).await;
+    let status: Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(status["username"], "bob@example.com");
+
+    let response = renew(&router, &cookie).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let renewed: RenewResponse = serde_json::from_str(&body_text(response).await).unwrap();
+
+    // Logging out with the renewed cookie ends the session of the old one too.
+    let response = send(&router, get("/logout", Some(&renewed.session))).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    for session in [&cookie, &renewed.session] {
+        let response = renew(&router, session).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let error = error_body(response).await;
+        assert_eq!(error.message, "session has ended: it was signed out");
+        let response = send(&router, get("/oidc/auth/status", Some(session))).await;
+        let status: Value = serde_json::from_str(&body_text(response).await).unwrap();
+        assert_eq!(status["authenticated"], false);
+    }
+    state
+}
+
+#[tokio::test]
+async fn sessions_in_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("flask_session");
+    let dir_str = dir.to_str().unwrap();
+    let state = session_round_trip(&[
+        ("SESSION_TYPE", "filesystem"),
+        ("SESSION_FILE_DIR", dir_str),
+    ])
+    .await;
+    assert_eq!(state.sessions.name(), "filesystem");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn sessions_in_redis() {
+    let Some((host, port)) = crate::sessions::redis::tests::test_redis() else {
+        eprintln!("POLICY_SERVICE_TEST_REDIS is not set: Redis test not run");
+        return;
+    };
+    let port = port.to_string();
+    let prefix = format!("app-test-{:016x}:", rand::random::<u64>());
+    let state = session_round_trip(&[
+        ("SESSION_TYPE", "redis"),
+        ("REDIS_HOST", &host),
+        ("REDIS_PORT", &port),
+        ("SESSION_KEY_PREFIX", &prefix),
+    ])
+    .await;
+    assert_eq!(state.sessions.name(), "redis");
+}
+
+#[tokio::test]
+async fn sessions_in_sql() {
+    let state = session_round_trip(&[]).await;
+    assert_eq!(state.sessions.name(), "sql");
+}
+
+#[tokio::test]
+async fn session_permanent_gives_the_cookie_the_sessions_remaining_life() {
+    let state = AppState::new(settings(&[
+        ("SESSION_PERMANENT", "true"),
+        ("PERMANENT_SESSION_LIFETIME", "3600"),
+    ]))
+    .await
+    .unwrap();
+    let router = app(state.clone());
+    let response = sign_in(
+        &state,
+        json!({"email": "bob@example.com", "sub": "2", "groups": ["mlflow"]}),
+        "/",
+    )
+    .await;
+    let set_cookie = response.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(set_cookie.ends_with("; Max-Age=3600"), "{set_cookie}");
+    let response = renew(&router, &cookie_of(&response)).await;
+    let renewed: RenewResponse = serde_json::from_str(&body_text(response).await).unwrap();
+    let max_age: u64 = renewed
+        .set_cookie
+        .rsplit_once("; Max-Age=")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&max_age), "{}", renewed.set_cookie);
+
+    // Not permanent: renewal hands out a browser-session cookie too.
+    let state = state_with(&[("PERMANENT_SESSION_LIFETIME", "3600")]).await;
+    let router = app(state.clone());
+    let response = sign_in(
+        &state,
+        json!({"email": "bob@example.com", "sub": "2", "groups": ["mlflow"]}),
+        "/",
+    )
+    .await;
+    let response = renew(&router, &cookie_of(&response)).await;
+    let renewed: RenewResponse = serde_json::from_str(&body_text(response).await).unwrap();
+    assert!(
+        !renewed.set_cookie.contains("Max-Age"),
+        "{}",
+        renewed.set_cookie
+    );
+}
+
+async fn state_with(extra: &[(&str, &str)]) -> AppState {
+    AppState::new(settings(extra)).await.unwrap()
+}
+
+#[tokio::test]
+async fn unreachable_session_store_answers_503_never_a_session() {
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let state = state_with(&[
+        ("SESSION_TYPE", "redis"),
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", &port),
+    ])
+    .await;
+    let router = app(state.clone());
+
+    // Sign-in: an error page, no cookie.
+    let response = sign_in(
+        &state,
+        json!({"email": "bob@example.com", "sub": "2", "groups": ["mlflow"]}),
+        "/",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    let body = body_text(response).await;
+    assert!(
+        body.contains("The session store (SESSION_TYPE=redis) is unavailable"),
+        "{body}"
+    );
+
+    // Renewal and status: 503 in MLflow's error shape.
+    let t = now() as u64;
+    let (cookie, _) = state
+        .keys
+        .sign("bob@example.com", "some-sid", false, t - 600, 300, t + 3600)
+        .unwrap();
+    for response in [
+        renew(&router, &cookie).await,
+        send(&router, get("/oidc/auth/status", Some(&cookie))).await,
+    ] {
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let error = error_body(response).await;
+        assert_eq!(error.error_code, "TEMPORARILY_UNAVAILABLE");
+        assert!(error.message.contains("SESSION_TYPE=redis"), "{error:?}");
+    }
+
+    // Logout: an error page, and the cookie is kept so that it can be tried again.
+    let response = send(&router, get("/logout", Some(&cookie))).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    let body = body_text(response).await;
+    assert!(body.contains("You are still signed in"), "{body}");
+    assert!(body.contains("href=\"/logout\""), "{body}");
 }

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mlflow_edge_authz::wire::ErrorBody;
 
+use crate::sessions::SessionStoreError;
 use crate::settings::Settings;
 use crate::store::StoreError;
 
@@ -21,11 +22,46 @@ pub enum ApiError {
     NotFound(String),
     /// 500; the detail goes to the log only.
     Internal(String),
+    /// 503 `TEMPORARILY_UNAVAILABLE`: something the answer needs is down.
+    Unavailable(String),
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         ApiError::Internal(err.to_string())
+    }
+}
+
+impl From<SessionStoreError> for ApiError {
+    fn from(err: SessionStoreError) -> Self {
+        match err {
+            SessionStoreError::Store(e) => ApiError::from(e),
+            SessionStoreError::Unavailable { backend, .. } => {
+                tracing::error!("{err}");
+                ApiError::Unavailable(format!(
+                    "the session store (SESSION_TYPE={backend}) is unavailable; try again shortly"
+                ))
+            }
+        }
+    }
+}
+
+impl From<SessionStoreError> for PageError {
+    fn from(err: SessionStoreError) -> Self {
+        match err {
+            SessionStoreError::Store(e) => PageError::from(e),
+            SessionStoreError::Unavailable { backend, .. } => {
+                tracing::error!("{err}");
+                PageError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in failed",
+                    format!(
+                        "The session store (SESSION_TYPE={backend}) is unavailable, so no \
+                         session can be started. Please try again shortly."
+                    ),
+                )
+            }
+        }
     }
 }
 
@@ -47,6 +83,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(message) => (
                 StatusCode::NOT_FOUND,
                 ErrorBody::new("RESOURCE_DOES_NOT_EXIST", message),
+            ),
+            ApiError::Unavailable(message) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("TEMPORARILY_UNAVAILABLE", message),
             ),
             ApiError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
@@ -161,16 +201,27 @@ pub fn page(title: &str, body_html: &str) -> String {
     )
 }
 
-/// `Set-Cookie` for the session cookie; `value` empty and `max_age` 0 clears it.
-pub fn session_cookie(settings: &Settings, value: &str, max_age: u64) -> String {
+/// `Set-Cookie` for the session cookie; `value` empty and `max_age` `Some(0)`
+/// clears it; `None` is a browser-session cookie (no `Max-Age`).
+pub fn session_cookie(settings: &Settings, value: &str, max_age: Option<u64>) -> String {
     let mut cookie = format!(
-        "{}={}; Path=/; HttpOnly; SameSite={}; Max-Age={}",
-        settings.session_cookie_name, value, settings.session_cookie_samesite, max_age
+        "{}={}; Path=/; HttpOnly; SameSite={}",
+        settings.session_cookie_name, value, settings.session_cookie_samesite
     );
+    if let Some(max_age) = max_age {
+        cookie.push_str(&format!("; Max-Age={max_age}"));
+    }
     if settings.session_cookie_secure {
         cookie.push_str("; Secure");
     }
     cookie
+}
+
+/// The cookie's `Max-Age` for a session with `remaining` seconds to live: that,
+/// with `SESSION_PERMANENT=true`; none (the browser drops the cookie when it
+/// closes) otherwise. Either way the server-side session ends on time.
+pub fn cookie_max_age(settings: &Settings, remaining: u64) -> Option<u64> {
+    settings.session_permanent.then_some(remaining)
 }
 
 /// The value of the cookie `name` from the request's `Cookie` headers.

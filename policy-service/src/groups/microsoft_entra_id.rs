@@ -2,7 +2,6 @@
 //! lists at `GET <OIDC_GRAPH_API_URL>/me/memberOf` for the user's access token,
 //! every `@odata.nextLink` page followed. Any failure refuses the sign-in.
 
-
 use openidconnect::reqwest;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -16,8 +16,11 @@ use crate::groups::DetectorError;
 use crate::identity::{self, Admission};
 use crate::idp::IdpError;
 use crate::routes::session::session_problem;
+use crate::sessions::{NewSession, SessionStoreError};
 use crate::store::{now, UserRecord};
-use crate::web::{cookie_value, redirect, sanitize_next, session_cookie, ApiError, PageError};
+use crate::web::{
+    cookie_max_age, cookie_value, redirect, sanitize_next, session_cookie, ApiError, PageError,
+};
 
 pub const LOGIN_PATH: &str = "/oidc/login";
 
@@ -217,8 +220,14 @@ pub async fn complete_login(
     let sid = random_id();
     let expires_at = now.saturating_add(lifetime);
     state
-        .store
-        .create_session(&sid, user_id, now, expires_at)
+        .sessions
+        .create(&NewSession {
+            id: sid.clone(),
+            user_id,
+            username: username.clone(),
+            created_at: now,
+            expires_at,
+        })
         .await?;
     let (token, _) = state
         .keys
@@ -239,10 +248,14 @@ pub async fn complete_login(
             )
         })?;
     tracing::info!(%username, is_admin, "signed in");
-    let cookie = session_cookie(settings, &token, settings.permanent_session_lifetime);
+    let max_age = cookie_max_age(settings, settings.permanent_session_lifetime);
+    let cookie = session_cookie(settings, &token, max_age);
     Ok(redirect(&sanitize_next(Some(next)), Some(cookie)))
 }
 
+/// Ends the cookie's session and clears the cookie. When the session store
+/// cannot record the end, the answer is an error page and the cookie is kept, so
+/// that the user can try again (a cleared cookie would hide a session that lives on).
 async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let settings = &state.settings;
     if let Some(token) = cookie_value(&headers, &settings.session_cookie_name) {
@@ -258,14 +271,29 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
             )
             .await
         {
-            Ok(cookie) => match state.store.revoke_session(&cookie.sid, now).await {
+            Ok(cookie) => match state.sessions.revoke(&cookie.sid, now).await {
                 Ok(_) => tracing::info!(username = %cookie.username, "signed out"),
-                Err(e) => tracing::error!("cannot revoke session: {e}"),
+                Err(e) => {
+                    tracing::error!(username = %cookie.username, "cannot end the session: {e}");
+                    let status = match e {
+                        SessionStoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                        SessionStoreError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    let message = format!(
+                        "Your session could not be ended: the session store \
+                         (SESSION_TYPE={}) is unavailable. You are still signed in; \
+                         please try again shortly.",
+                        state.sessions.name()
+                    );
+                    return PageError::new(status, "Sign-out failed", message)
+                        .with_link("/logout", "Sign out again")
+                        .into_response();
+                }
             },
             Err(e) => tracing::debug!("logout with an unusable session cookie: {e}"),
         }
     }
-    redirect("/", Some(session_cookie(settings, "", 0)))
+    redirect("/", Some(session_cookie(settings, "", Some(0))))
 }
 
 #[derive(Debug, Serialize)]
@@ -295,7 +323,7 @@ pub async fn signed_in(
     else {
         return Ok(None);
     };
-    let record = state.store.session(&cookie.sid).await?;
+    let record = state.sessions.get(&cookie.sid).await?;
     if session_problem(record.as_ref(), now).is_some() {
         return Ok(None);
     }

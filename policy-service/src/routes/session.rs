@@ -12,7 +12,7 @@ use mlflow_edge_authz::wire::{self, RenewRequest, RenewResponse};
 use crate::app::AppState;
 use crate::session::CookieError;
 use crate::store::{now, SessionRecord};
-use crate::web::{json_response, session_cookie, ApiError};
+use crate::web::{cookie_max_age, json_response, session_cookie, ApiError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -68,7 +68,7 @@ async fn renew(State(state): State<AppState>, body: Bytes) -> Result<Response, A
             settings.permanent_session_lifetime,
         )
         .await?;
-    let record = state.store.session(&cookie.sid).await?;
+    let record = state.sessions.get(&cookie.sid).await?;
     if let Some(problem) = session_problem(record.as_ref(), now) {
         return Err(ApiError::Unauthenticated(problem.into()));
     }
@@ -88,9 +88,10 @@ async fn renew(State(state): State<AppState>, body: Bytes) -> Result<Response, A
         settings.session_token_ttl_seconds,
         u64::try_from(record.expires_at).unwrap_or(0),
     )?;
-    // The browser keeps the cookie while the server-side session lives.
+    // With SESSION_PERMANENT the browser keeps the cookie while the server-side
+    // session lives; without, until it closes.
     let remaining = u64::try_from(record.expires_at - now).unwrap_or(0);
-    let set_cookie = session_cookie(settings, &session, remaining);
+    let set_cookie = session_cookie(settings, &session, cookie_max_age(settings, remaining));
     let body = serde_json::to_string(&RenewResponse {
         session,
         expires_at,
