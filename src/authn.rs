@@ -524,13 +524,18 @@ impl Authenticator {
                 ))),
             },
             401 => {
+                // The service says why (signed out, expired, left the allowed groups).
+                let why = match serde_json::from_slice::<wire::ErrorBody>(body) {
+                    Ok(b) => format!("{}; sign in again", b.message),
+                    Err(_) => "session has ended; sign in again".to_string(),
+                };
                 self.refused.insert(
                     old.to_string(),
-                    Rc::from("session has ended; sign in again"),
+                    Rc::from(why.as_str()),
                     now + REFUSED_TTL_SECONDS,
                     now,
                 );
-                Outcome::Deny(self.session_refused(req, "session has ended; sign in again"))
+                Outcome::Deny(self.session_refused(req, &why))
             }
             0 => Outcome::Deny(Reply::unavailable(
                 "session cannot be renewed: the policy service did not answer",
@@ -1100,7 +1105,13 @@ mod tests {
         let cookie = format!("mlflow_session={ended}");
         let r = req(&[("cookie", &cookie), (":path", "/api/2.0/mlflow/runs/get")]);
         assert_eq!(a.authenticate(&r, NOW_MS), Outcome::Renew(ended.clone()));
-        let (o, _) = a.renewed(&ended, 401, b"{}", &r, NOW_MS);
+        let reason =
+            br#"{"error_code":"UNAUTHENTICATED","message":"session has ended: it was signed out"}"#;
+        let (o, _) = a.renewed(&ended, 401, reason, &r, NOW_MS);
+        assert!(
+            matches!(o, Outcome::Deny(ref reply) if reply.body.contains("signed out")),
+            "{o:?}"
+        );
         assert!(
             matches!(o, Outcome::Deny(ref reply) if reply.status == 401),
             "{o:?}"

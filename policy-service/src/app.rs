@@ -39,6 +39,8 @@ pub struct Inner {
     pub idp: Arc<Idp>,
     /// Where signing-in users' groups come from (`OIDC_GROUP_DETECTION_PLUGIN`).
     pub groups: Box<dyn GroupDetector>,
+    /// Seals the IdP refresh tokens kept on sessions (key from `SECRET_KEY`).
+    pub sealer: crate::crypto::Sealer,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -61,7 +63,9 @@ impl AppState {
         let sessions = crate::sessions::open(&settings, &store)?;
         let idp = Arc::new(Idp::new(&settings)?);
         let groups = crate::groups::detector(&settings, idp.clone())?;
+        let sealer = crate::crypto::Sealer::new(&settings.secret_key);
         Ok(AppState(Arc::new(Inner {
+            sealer,
             settings,
             store,
             keys,

@@ -203,6 +203,9 @@ pub struct Settings {
     pub oidc_public_client: bool,
     pub oidc_redirect_uri: Url,
     pub oidc_scope: Vec<String>,
+    /// `OIDC_USE_REFRESH_TOKEN`: keep the IdP's refresh token (sealed) on the session
+    /// and, at every renewal, refresh it and pass the gate again.
+    pub oidc_use_refresh_token: bool,
     pub oidc_provider_display_name: String,
     pub oidc_group_name: Vec<String>,
     pub oidc_admin_group_name: Vec<String>,
@@ -408,12 +411,20 @@ impl Settings {
         }
 
         let scope_raw = src.get("OIDC_SCOPE").unwrap_or("openid,email,profile");
-        let oidc_scope: Vec<String> = scope_raw
+        let mut oidc_scope: Vec<String> = scope_raw
             .split([',', ' '])
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect();
+        let oidc_use_refresh_token = src.bool("OIDC_USE_REFRESH_TOKEN", false)?;
+        // Refresh tokens are asked for with `offline_access` (OpenID Connect Core 11).
+        if oidc_use_refresh_token
+            && !oidc_scope.is_empty()
+            && !oidc_scope.iter().any(|s| s == "offline_access")
+        {
+            oidc_scope.push("offline_access".into());
+        }
         if oidc_scope.is_empty() {
             return Err(invalid(
                 "OIDC_SCOPE",
@@ -485,6 +496,7 @@ impl Settings {
             oidc_public_client,
             oidc_redirect_uri,
             oidc_scope,
+            oidc_use_refresh_token,
             oidc_provider_display_name: src.string("OIDC_PROVIDER_DISPLAY_NAME", "Login with OIDC"),
             oidc_group_name: src.list("OIDC_GROUP_NAME", "mlflow")?,
             oidc_admin_group_name: src.list("OIDC_ADMIN_GROUP_NAME", "mlflow-admin")?,

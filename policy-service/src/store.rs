@@ -63,6 +63,16 @@ pub struct SessionRecord {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub user: Option<UserRecord>,
+    /// The IdP grant renewal refreshes (`OIDC_USE_REFRESH_TOKEN`), if any.
+    pub grant: Option<IdpGrant>,
+}
+
+/// What a session keeps of the IdP: the user's `sub`, and the refresh token sealed
+/// (`crate::crypto::Sealer`). Never the token in clear.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdpGrant {
+    pub subject: String,
+    pub sealed_refresh_token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -110,6 +120,8 @@ struct SessionRow {
     created_at: i64,
     expires_at: i64,
     revoked_at: Option<i64>,
+    idp_subject: Option<String>,
+    idp_refresh_token: Option<String>,
     uid: Option<i64>,
     username: Option<String>,
     display_name: Option<String>,
@@ -134,6 +146,13 @@ impl From<SessionRow> for SessionRecord {
             expires_at: row.expires_at,
             revoked_at: row.revoked_at,
             user,
+            grant: match (row.idp_subject, row.idp_refresh_token) {
+                (Some(subject), Some(sealed_refresh_token)) => Some(IdpGrant {
+                    subject,
+                    sealed_refresh_token,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -529,6 +548,7 @@ impl Store {
 
     pub async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let sql = "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.revoked_at, \
+                          s.idp_subject, s.idp_refresh_token, \
                           u.id AS uid, u.username, u.display_name, u.is_admin \
                    FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
                    WHERE s.id = $1";
@@ -536,6 +556,20 @@ impl Store {
             sqlx::query_as(sql).bind(id).fetch_optional(pool).await?
         });
         Ok(row.map(SessionRecord::from))
+    }
+
+    /// Records (or, when the IdP rotated it, replaces) the session's IdP grant.
+    pub async fn set_session_grant(&self, id: &str, grant: &IdpGrant) -> Result<(), StoreError> {
+        let sql = "UPDATE sessions SET idp_subject = $1, idp_refresh_token = $2 WHERE id = $3";
+        on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(&grant.subject)
+                .bind(&grant.sealed_refresh_token)
+                .bind(id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// Revokes a session; false when it was unknown or already revoked.

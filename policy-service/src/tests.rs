@@ -93,7 +93,7 @@ fn cookie_of(response: &Response) -> String {
 }
 
 async fn sign_in(state: &AppState, claims_json: Value, next: &str) -> Response {
-    complete_login(state, &claims(claims_json), "", next, now())
+    complete_login(state, &claims(claims_json), "", None, next, now())
         .await
         .unwrap_or_else(axum::response::IntoResponse::into_response)
 }

@@ -17,7 +17,7 @@ use crate::identity::{self, Admission};
 use crate::idp::IdpError;
 use crate::routes::session::session_problem;
 use crate::sessions::{NewSession, SessionStoreError};
-use crate::store::{now, UserRecord};
+use crate::store::{now, IdpGrant, UserRecord};
 use crate::web::{
     cookie_max_age, cookie_value, redirect, sanitize_next, session_cookie, ApiError, PageError,
 };
@@ -151,23 +151,94 @@ async fn callback(
         .idp
         .finish_login(code, &auth_state.pkce_verifier, &auth_state.nonce)
         .await?;
+    let grant = match (&tokens.refresh_token, state.settings.oidc_use_refresh_token) {
+        (Some(refresh_token), true) => Some(grant_of(state, &tokens.claims, refresh_token)?),
+        (None, true) => {
+            tracing::warn!(
+                "OIDC_USE_REFRESH_TOKEN is set but the identity provider issued no refresh token"
+            );
+            None
+        }
+        (_, false) => None,
+    };
     complete_login(
         state,
         &tokens.claims,
         &tokens.access_token,
+        grant,
         &auth_state.next,
         now(),
     )
     .await
 }
 
+/// The session's IdP grant: the ID token's `sub` and the sealed refresh token.
+fn grant_of(
+    state: &AppState,
+    claims: &Map<String, Value>,
+    refresh_token: &str,
+) -> Result<IdpGrant, PageError> {
+    let failed =
+        |why: String| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed", why);
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| failed("the ID token has no sub".into()))?;
+    Ok(IdpGrant {
+        subject: subject.to_string(),
+        sealed_refresh_token: state.sealer.seal(refresh_token).map_err(failed)?,
+    })
+}
+
+/// Why the gate did not let a user in.
+pub enum GateError {
+    /// The groups could not be read (IdP, Graph): never a pass.
+    Detector(DetectorError),
+    Refused,
+}
+
+/// The user's groups (from the detector, given their access token) and the gate:
+/// `Ok(is_admin, groups)` when admitted. Used at sign-in and at every renewal of a
+/// session that keeps a refresh token.
+pub async fn gate(
+    state: &AppState,
+    username: &str,
+    claims: &Map<String, Value>,
+    access_token: &str,
+) -> Result<(bool, Vec<String>), GateError> {
+    let settings = &state.settings;
+    let groups = state
+        .groups
+        .groups(access_token, claims)
+        .await
+        .map_err(GateError::Detector)?;
+    match identity::admission(
+        &groups,
+        &settings.oidc_group_name,
+        &settings.oidc_group_name_pattern,
+        &settings.oidc_admin_group_name,
+    ) {
+        Admission::Admin => Ok((true, groups)),
+        Admission::Member => Ok((false, groups)),
+        Admission::MemberByPattern { group, pattern } => {
+            tracing::info!(%username, %group, %pattern, "admitted by OIDC_GROUP_NAME_PATTERN");
+            Ok((false, groups))
+        }
+        Admission::Refused => {
+            tracing::info!(%username, ?groups, "refused: not in an allowed group");
+            Err(GateError::Refused)
+        }
+    }
+}
+
 /// What follows a verified ID token: username, groups (from the group detector,
 /// given the user's access token) and the gate; then the user row, group
-/// memberships, a server-side session and the session cookie.
+/// memberships, a server-side session (with the IdP grant, if kept) and the cookie.
 pub async fn complete_login(
     state: &AppState,
     claims: &Map<String, Value>,
     access_token: &str,
+    grant: Option<IdpGrant>,
     next: &str,
     now: i64,
 ) -> Result<Response, PageError> {
@@ -176,39 +247,26 @@ pub async fn complete_login(
     let username = identity::username(claims, &settings.oidc_username_field).map_err(|msg| {
         PageError::new(StatusCode::FORBIDDEN, "Sign-in refused", msg).with_link(href, text)
     })?;
-    let groups = state
-        .groups
-        .groups(access_token, claims)
-        .await
-        .map_err(|err| {
+    let (is_admin, groups) = match gate(state, &username, claims, access_token).await {
+        Ok(admitted) => admitted,
+        Err(GateError::Detector(err)) => {
             tracing::warn!(%username, detector = state.groups.name(), "sign-in failed: {err}");
             let status = match err {
                 DetectorError::Client(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 DetectorError::Graph(_) | DetectorError::UserInfo(_) => StatusCode::BAD_GATEWAY,
             };
-            PageError::new(status, "Sign-in failed", err.to_string()).with_link(href, text)
-        })?;
-    let is_admin = match identity::admission(
-        &groups,
-        &settings.oidc_group_name,
-        &settings.oidc_group_name_pattern,
-        &settings.oidc_admin_group_name,
-    ) {
-        Admission::Admin => true,
-        Admission::Member => false,
-        Admission::MemberByPattern { group, pattern } => {
-            tracing::info!(%username, %group, %pattern, "admitted by OIDC_GROUP_NAME_PATTERN");
-            false
+            return Err(
+                PageError::new(status, "Sign-in failed", err.to_string()).with_link(href, text)
+            );
         }
-        Admission::Refused => {
-            tracing::info!(%username, ?groups, "sign-in refused: not in an allowed group");
+        Err(GateError::Refused) => {
             return Err(PageError::new(
                 StatusCode::FORBIDDEN,
                 "Sign-in refused",
                 format!(
-                    "You are not allowed to sign in to MLflow: {username} is not in an allowed group."
-                ),
-            ));
+                "You are not allowed to sign in to MLflow: {username} is not in an allowed group."
+            ),
+            ))
         }
     };
     let display_name = identity::display_name(claims, &username);
@@ -227,6 +285,7 @@ pub async fn complete_login(
             username: username.clone(),
             created_at: now,
             expires_at,
+            grant,
         })
         .await?;
     let (token, _) = state

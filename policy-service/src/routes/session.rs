@@ -10,8 +10,10 @@ use axum::Router;
 use mlflow_edge_authz::wire::{self, RenewRequest, RenewResponse};
 
 use crate::app::AppState;
+use crate::idp::IdpError;
+use crate::routes::auth::{gate, GateError};
 use crate::session::CookieError;
-use crate::store::{now, SessionRecord};
+use crate::store::{now, IdpGrant, SessionRecord, UserRecord};
 use crate::web::{cookie_max_age, json_response, session_cookie, ApiError};
 
 pub fn router() -> Router<AppState> {
@@ -80,10 +82,14 @@ async fn renew(State(state): State<AppState>, body: Bytes) -> Result<Response, A
             "session has ended: it belongs to another user".into(),
         ));
     }
+    let is_admin = match (&record.grant, settings.oidc_use_refresh_token) {
+        (Some(grant), true) => recheck(&state, &record.id, grant, &user, now).await?,
+        _ => user.is_admin,
+    };
     let (session, expires_at) = state.keys.sign(
         &user.username,
         &record.id,
-        user.is_admin,
+        is_admin,
         now_u,
         settings.session_token_ttl_seconds,
         u64::try_from(record.expires_at).unwrap_or(0),
@@ -99,4 +105,77 @@ async fn renew(State(state): State<AppState>, body: Bytes) -> Result<Response, A
     })
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(json_response(StatusCode::OK, body).into_response())
+}
+
+/// A session that keeps an IdP grant passes the gate again at every renewal: the
+/// refresh token is exchanged (no browser involved) and the user's claims and
+/// groups are read anew. A user the gate no longer admits, or a grant the IdP no
+/// longer honours, ends the session; an IdP that does not answer is a 503.
+async fn recheck(
+    state: &AppState,
+    sid: &str,
+    grant: &IdpGrant,
+    user: &UserRecord,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ApiError::Unavailable(format!("session cannot be renewed: {e}"))
+    };
+    let refresh_token = match state.sealer.open(&grant.sealed_refresh_token) {
+        Ok(token) => token,
+        Err(e) => {
+            return end(
+                state,
+                sid,
+                now,
+                format!("session has ended: its refresh token cannot be read ({e})"),
+            )
+            .await
+        }
+    };
+    let fresh = match state.idp.refresh(&refresh_token).await {
+        Ok(fresh) => fresh,
+        Err(IdpError::Refused(why)) => {
+            let why =
+                format!("session has ended: the identity provider no longer honours it ({why})");
+            return end(state, sid, now, why).await;
+        }
+        Err(e) => return Err(unavailable(&e)),
+    };
+    if let Some(rotated) = fresh.refresh_token.filter(|t| *t != refresh_token) {
+        let sealed_refresh_token = state.sealer.seal(&rotated).map_err(ApiError::Internal)?;
+        let rotated = IdpGrant {
+            subject: grant.subject.clone(),
+            sealed_refresh_token,
+        };
+        state.sessions.set_grant(sid, &rotated, now).await?;
+    }
+    let claims = state
+        .idp
+        .userinfo(&fresh.access_token, &grant.subject)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    match gate(state, &user.username, &claims, &fresh.access_token).await {
+        Ok((is_admin, groups)) => {
+            state
+                .store
+                .record_login(&user.username, &user.display_name, is_admin, &groups, now)
+                .await?;
+            Ok(is_admin)
+        }
+        Err(GateError::Refused) => {
+            let why = format!(
+                "session has ended: {} is no longer in an allowed group",
+                user.username
+            );
+            end(state, sid, now, why).await
+        }
+        Err(GateError::Detector(e)) => Err(unavailable(&e)),
+    }
+}
+
+async fn end(state: &AppState, sid: &str, now: i64, why: String) -> Result<bool, ApiError> {
+    state.sessions.revoke(sid, now).await?;
+    tracing::info!("{why}");
+    Err(ApiError::Unauthenticated(why))
 }

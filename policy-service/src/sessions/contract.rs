@@ -2,7 +2,7 @@
 
 use super::{NewSession, SessionStore};
 use crate::routes::session::session_problem;
-use crate::store::{now, Store};
+use crate::store::{now, IdpGrant, Store};
 
 /// A fresh permission database (SQLite in memory, or the test PostgreSQL).
 pub async fn store() -> Store {
@@ -18,6 +18,7 @@ pub fn new_session(id: &str, user_id: i64, username: &str, now: i64) -> NewSessi
         username: username.to_string(),
         created_at: now,
         expires_at: now + 3600,
+        grant: None,
     }
 }
 
@@ -42,7 +43,30 @@ pub async fn check(sessions: &dyn SessionStore, store: &Store) {
             .unwrap();
     }
 
+    // An IdP grant is kept with the session, and replaced when the IdP rotates it.
+    let grant = |token: &str| IdpGrant {
+        subject: "sub-alice".into(),
+        sealed_refresh_token: token.into(),
+    };
+    let mut with_grant = new_session("g1", alice, "alice", t);
+    with_grant.grant = Some(grant("sealed-1"));
+    sessions.create(&with_grant).await.unwrap();
+    assert_eq!(
+        sessions.get("g1").await.unwrap().unwrap().grant,
+        Some(grant("sealed-1"))
+    );
+    sessions
+        .set_grant("g1", &grant("sealed-2"), t)
+        .await
+        .unwrap();
+    assert_eq!(
+        sessions.get("g1").await.unwrap().unwrap().grant,
+        Some(grant("sealed-2"))
+    );
+    assert!(sessions.revoke("g1", t).await.unwrap());
+
     let s1 = sessions.get("s1").await.unwrap().unwrap();
+    assert_eq!(s1.grant, None);
     assert_eq!(s1.id, "s1");
     assert_eq!(s1.user_id, alice);
     assert_eq!(s1.created_at, t);

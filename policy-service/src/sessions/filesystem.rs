@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use super::{NewSession, SessionStore, SessionStoreError, StoreFuture, Stored};
-use crate::store::{SessionRecord, Store};
+use crate::store::{IdpGrant, SessionRecord, Store};
 
 const BACKEND: &str = "filesystem";
 /// Least time between two sweeps of expired session files.
@@ -232,6 +232,23 @@ impl SessionStore for FilesystemSessions {
                     }
                     _ => Ok(false),
                 }
+            })
+            .await
+        })
+    }
+
+    fn set_grant<'a>(&'a self, id: &'a str, grant: &'a IdpGrant, _now: i64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let (dir, prefix) = (self.dir.clone(), self.prefix.clone());
+            let name = file_name(&prefix, id);
+            let grant = grant.clone();
+            blocking(move || {
+                let path = dir.join(&name);
+                if let Some(mut stored) = read(&path, &prefix)? {
+                    stored.grant = Some(grant);
+                    write(&dir, &name, &stored)?;
+                }
+                Ok(())
             })
             .await
         })

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::settings::Settings;
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::store::{IdpGrant, SessionRecord, Store, StoreError};
 
 /// Why the session store could not answer.
 #[derive(Debug, Error)]
@@ -63,6 +63,8 @@ pub struct NewSession {
     pub username: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The IdP grant renewal refreshes (`OIDC_USE_REFRESH_TOKEN`).
+    pub grant: Option<IdpGrant>,
 }
 
 pub type StoreFuture<'a, T> =
@@ -86,6 +88,9 @@ pub trait SessionStore: Send + Sync {
 
     /// Ends every live session of the user; how many were ended.
     fn revoke_all_of_user(&self, user_id: i64, now: i64) -> StoreFuture<'_, u64>;
+
+    /// Replaces the session's IdP grant (the IdP rotated the refresh token).
+    fn set_grant<'a>(&'a self, id: &'a str, grant: &'a IdpGrant, now: i64) -> StoreFuture<'a, ()>;
 }
 
 /// The values of `SESSION_TYPE`, for messages.
@@ -182,6 +187,8 @@ pub(crate) struct Stored {
     pub expires_at: i64,
     #[serde(default)]
     pub revoked_at: Option<i64>,
+    #[serde(default)]
+    pub grant: Option<IdpGrant>,
 }
 
 impl Stored {
@@ -193,6 +200,7 @@ impl Stored {
             created_at: session.created_at,
             expires_at: session.expires_at,
             revoked_at: None,
+            grant: session.grant.clone(),
         }
     }
 
@@ -210,6 +218,7 @@ impl Stored {
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
             user,
+            grant: self.grant,
         })
     }
 }

@@ -18,7 +18,7 @@ use ::redis::{
 use tokio::sync::Mutex;
 
 use super::{NewSession, RedisSettings, SessionStore, SessionStoreError, StoreFuture, Stored};
-use crate::store::{SessionRecord, Store};
+use crate::store::{IdpGrant, SessionRecord, Store};
 
 const BACKEND: &str = "redis";
 /// Kept below the filter's default callout timeout (2 s), so the filter gets the
@@ -230,6 +230,18 @@ impl SessionStore for RedisSessions {
 
     fn revoke<'a>(&'a self, id: &'a str, now: i64) -> StoreFuture<'a, bool> {
         Box::pin(self.revoke_one(id, now))
+    }
+
+    fn set_grant<'a>(&'a self, id: &'a str, grant: &'a IdpGrant, now: i64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(mut stored) = self.load(id).await? {
+                stored.grant = Some(grant.clone());
+                let mut pipe = ::redis::pipe();
+                self.put(&mut pipe, id, &stored, now)?;
+                self.run::<()>(Query::Pipe(&pipe)).await?;
+            }
+            Ok(())
+        })
     }
 
     fn revoke_all_of_user(&self, user_id: i64, now: i64) -> StoreFuture<'_, u64> {

@@ -3,7 +3,7 @@
 //! same sessions.
 
 use super::{NewSession, SessionStore, StoreFuture};
-use crate::store::{SessionRecord, Store};
+use crate::store::{IdpGrant, SessionRecord, Store};
 
 pub struct SqlSessions {
     store: Store,
@@ -30,6 +30,9 @@ impl SessionStore for SqlSessions {
                     session.expires_at,
                 )
                 .await?;
+            if let Some(grant) = &session.grant {
+                self.store.set_session_grant(&session.id, grant).await?;
+            }
             Ok(())
         })
     }
@@ -44,6 +47,10 @@ impl SessionStore for SqlSessions {
 
     fn revoke_all_of_user(&self, user_id: i64, now: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move { Ok(self.store.revoke_user_sessions(user_id, now).await?) })
+    }
+
+    fn set_grant<'a>(&'a self, id: &'a str, grant: &'a IdpGrant, _now: i64) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(self.store.set_session_grant(id, grant).await?) })
     }
 }
 
