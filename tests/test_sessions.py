@@ -1,7 +1,10 @@
 """The session cookie: renewed while the session lives, useless once it ended or was altered."""
 import base64
+import html
 import json
+import re
 import time
+import urllib.parse as up
 
 import requests
 
@@ -87,3 +90,24 @@ def test_cookie_of_an_ended_session_is_not_renewed(stack, access_log):
     assert_unauthenticated(r)
     assert not set_cookie_value(r), "a cookie of an ended session was renewed"
     access_log.assert_mlflow_never_saw(mark)
+
+
+def test_logout_also_signs_out_at_the_idp(stack):
+    browser = login(stack, "alice")
+    out = browser.get(stack.url + "/logout", allow_redirects=False, timeout=TIMEOUT)
+    assert out.status_code in (302, 303), out.text[:300]
+    location = out.headers["Location"]
+    assert location.startswith(stack.idp_url + "/oauth2/end_session?"), location
+    query = up.parse_qs(up.urlsplit(location).query)
+    assert query["post_logout_redirect_uri"] == [stack.url + "/"] and query["client_id"] == ["mlflow"]
+
+    # The IdP asks to confirm (a form), then sends the browser back to MLflow, signed out.
+    page = browser.get(location, timeout=TIMEOUT)
+    assert page.status_code == 200, page.text[:300]
+    action = re.search(r'<form[^>]*action="([^"]+)"', page.text).group(1)
+    back_to = re.search(r'name="redirect_uri" value="([^"]+)"', page.text).group(1)
+    done = browser.post(up.urljoin(location, html.unescape(action)), data={"redirect_uri": html.unescape(back_to)},
+                        allow_redirects=False, timeout=TIMEOUT)
+    assert done.status_code in (302, 303) and done.headers["Location"] == stack.url + "/", done.text[:300]
+    nav = browser.get(done.headers["Location"], headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
+    assert nav.status_code == 302 and "/oidc/login" in nav.headers["Location"]

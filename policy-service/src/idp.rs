@@ -102,7 +102,16 @@ pub fn error_chain(err: &dyn StdError) -> String {
 
 struct Cached {
     metadata: CoreProviderMetadata,
+    /// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0), if offered.
+    end_session_endpoint: Option<Url>,
     fetched_at: Instant,
+}
+
+/// What the discovery document says beyond `CoreProviderMetadata`.
+#[derive(Deserialize)]
+struct LogoutMetadata {
+    #[serde(default)]
+    end_session_endpoint: Option<Url>,
 }
 
 /// A finished code exchange: the verified ID token's claims and the access token.
@@ -164,7 +173,7 @@ impl Idp {
         })
     }
 
-    async fn fetch(&self) -> Result<CoreProviderMetadata, IdpError> {
+    async fn fetch(&self) -> Result<(CoreProviderMetadata, Option<Url>), IdpError> {
         let url = self.discovery_url.to_string();
         let unreachable = |e: &dyn StdError| IdpError::Unreachable {
             url: url.clone(),
@@ -188,13 +197,16 @@ impl Idp {
         let body = response.bytes().await.map_err(|e| unreachable(&e))?;
         let metadata: CoreProviderMetadata = serde_json::from_slice(&body)
             .map_err(|e| bad(format!("not an OpenID Connect discovery document: {e}")))?;
+        let end_session_endpoint = serde_json::from_slice::<LogoutMetadata>(&body)
+            .map_err(|e| bad(format!("end_session_endpoint is not a URL: {e}")))?
+            .end_session_endpoint;
         let jwks = JsonWebKeySet::fetch_async(metadata.jwks_uri(), &self.http)
             .await
             .map_err(|e| IdpError::Unreachable {
                 url: metadata.jwks_uri().to_string(),
                 detail: error_chain(&e),
             })?;
-        Ok(metadata.set_jwks(jwks))
+        Ok((metadata.set_jwks(jwks), end_session_endpoint))
     }
 
     /// The provider metadata (with its JWKS), fetched when missing, stale or `force`d.
@@ -207,9 +219,10 @@ impl Idp {
             }
         }
         match self.fetch().await {
-            Ok(metadata) => {
+            Ok((metadata, end_session_endpoint)) => {
                 let fresh = Arc::new(Cached {
                     metadata,
+                    end_session_endpoint,
                     fetched_at: Instant::now(),
                 });
                 *cache = Some(fresh.clone());
@@ -246,6 +259,25 @@ impl Idp {
             }
         }
         client
+    }
+
+    /// Where to send a browser that signed out, so that it is signed out at the IdP
+    /// too: the IdP's `end_session_endpoint` with `client_id` and
+    /// `post_logout_redirect_uri`; `None` when the IdP offers none or cannot be
+    /// reached (the local sign-out stands either way).
+    pub async fn end_session_url(&self, post_logout_redirect_uri: &str) -> Option<Url> {
+        let cached = match self.metadata(false).await {
+            Ok(cached) => cached,
+            Err(e) => {
+                tracing::warn!("signing out locally only: {e}");
+                return None;
+            }
+        };
+        let mut url = cached.end_session_endpoint.clone()?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.client_id)
+            .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        Some(url)
     }
 
     /// The issuer of the IdP, once discovery has been fetched.
