@@ -58,7 +58,9 @@ impl AppState {
     /// Opens and migrates the database and loads (or creates) the session
     /// signing key. Does not contact the identity provider.
     pub async fn new(settings: Settings) -> Result<Self, StartError> {
-        let store = Store::connect(&settings.database_url).await?;
+        let store =
+            Store::connect_with(&settings.database_url, settings.migrations_table.as_deref())
+                .await?;
         let keys = SessionKeys::load_or_create(&store).await?;
         let sessions = crate::sessions::open(&settings, &store)?;
         let idp = Arc::new(Idp::new(&settings)?);

@@ -215,6 +215,9 @@ pub struct Settings {
     pub secret_key: String,
     /// True when `SECRET_KEY` was absent and a random one was generated.
     pub secret_key_generated: bool,
+    /// `OIDC_ALEMBIC_VERSION_TABLE`: where the schema's migration history is kept
+    /// (`None`: sqlx's own `_sqlx_migrations`).
+    pub migrations_table: Option<String>,
     /// `AUTHZ_SHARED_KEY`: what the edge filter must send to use `/authz/v1/...`.
     pub authz_shared_key: Option<String>,
     pub database_url: DatabaseUrl,
@@ -505,6 +508,7 @@ impl Settings {
             oidc_http_timeout_seconds: src.positive("OIDC_HTTP_TIMEOUT_SECONDS", 10)?,
             secret_key,
             secret_key_generated,
+            migrations_table: migrations_table(src.get("OIDC_ALEMBIC_VERSION_TABLE"))?,
             authz_shared_key: src
                 .get(mlflow_edge_authz::wire::SERVICE_KEY_ENV)
                 .filter(|k| !k.is_empty())
@@ -620,6 +624,24 @@ fn is_cookie_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A table name the migration history may live in: a plain SQL identifier.
+fn migrations_table(value: Option<&str>) -> Result<Option<String>, SettingsError> {
+    let Some(name) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let plain = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return Err(invalid(
+            "OIDC_ALEMBIC_VERSION_TABLE",
+            name,
+            "a table name of letters, digits and _ (at most 63, not starting with a digit)",
+        ));
+    }
+    Ok(Some(name.to_string()))
 }
 
 #[cfg(test)]

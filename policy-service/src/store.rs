@@ -212,6 +212,21 @@ pub struct Store {
 impl Store {
     /// Opens (creating when missing, for a SQLite file) and migrates the database.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects and migrates, keeping the migration history in `migrations_table`
+    /// (`OIDC_ALEMBIC_VERSION_TABLE`) instead of sqlx's `_sqlx_migrations`.
+    pub async fn connect_with(
+        url: &DatabaseUrl,
+        migrations_table: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let named = |mut migrator: sqlx::migrate::Migrator| {
+            if let Some(table) = migrations_table {
+                migrator.dangerous_set_table_name(table.to_string());
+            }
+            migrator
+        };
         let open_error = |source| StoreError::Open {
             target: url.redacted(),
             source,
@@ -229,7 +244,9 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(open_error)?;
-                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                named(sqlx::migrate!("migrations/sqlite"))
+                    .run(&pool)
+                    .await?;
                 Pool::Sqlite(pool)
             }
             DatabaseUrl::SqliteMemory => {
@@ -245,7 +262,9 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(open_error)?;
-                sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+                named(sqlx::migrate!("migrations/sqlite"))
+                    .run(&pool)
+                    .await?;
                 Pool::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
@@ -258,7 +277,9 @@ impl Store {
                     .map_err(open_error)?;
                 // sqlx holds an advisory lock while it migrates: replicas starting
                 // together migrate once.
-                sqlx::migrate!("migrations/postgres").run(&pool).await?;
+                named(sqlx::migrate!("migrations/postgres"))
+                    .run(&pool)
+                    .await?;
                 Pool::Postgres(pool)
             }
         };

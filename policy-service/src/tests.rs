@@ -1163,3 +1163,35 @@ async fn unreachable_session_store_answers_503_never_a_session() {
     assert!(body.contains("You are still signed in"), "{body}");
     assert!(body.contains("href=\"/logout\""), "{body}");
 }
+
+#[tokio::test]
+async fn the_migration_history_lives_where_oidc_alembic_version_table_says() {
+    use crate::store::{testing::SharedDatabase, Store};
+    let db = SharedDatabase::new();
+    // Migrated twice with the named history table: the second run finds it.
+    for _ in 0..2 {
+        Store::connect_with(&db.url(), Some("edge_schema_history"))
+            .await
+            .unwrap()
+            .close()
+            .await;
+    }
+    // Without it, sqlx's default history is empty, so the migrations run again and fail
+    // on the tables they made: the setting decides which history counts.
+    assert!(Store::connect_with(&db.url(), None).await.is_err());
+    let bad = Settings::from_vars(
+        &[
+            ("OIDC_DISCOVERY_URL", "http://127.0.0.1:1/x"),
+            ("OIDC_CLIENT_ID", "m"),
+            ("OIDC_CLIENT_SECRET", "s"),
+            ("OIDC_REDIRECT_URI", "http://localhost:8080/callback"),
+            ("OIDC_ALEMBIC_VERSION_TABLE", "alembic; DROP TABLE users"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("OIDC_ALEMBIC_VERSION_TABLE"), "{bad}");
+}

@@ -354,7 +354,10 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     // Signed out here; now at the IdP too, when it offers RP-initiated logout, which
     // sends the browser back to MLflow's front page.
-    let home = format!("{}/", settings.oidc_redirect_uri.origin().ascii_serialization());
+    let home = format!(
+        "{}/",
+        settings.oidc_redirect_uri.origin().ascii_serialization()
+    );
     let target = match state.idp.end_session_url(&home).await {
         Some(url) => url.to_string(),
         None => "/".to_string(),
