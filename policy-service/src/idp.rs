@@ -85,6 +85,24 @@ pub enum IdpError {
     UserInfo(String),
 }
 
+/// A failed token request: the IdP's own refusal (e.g. `invalid_grant`), or a
+/// request that did not get an answer.
+fn token_error<E: StdError + 'static>(
+    e: RequestTokenError<E, StandardErrorResponse<CoreErrorResponseType>>,
+) -> IdpError {
+    match e {
+        RequestTokenError::ServerResponse(resp) => {
+            let mut text = resp.error().to_string();
+            if let Some(desc) = resp.error_description() {
+                text.push_str(": ");
+                text.push_str(desc);
+            }
+            IdpError::Refused(text)
+        }
+        other => IdpError::TokenRequest(error_chain(&other)),
+    }
+}
+
 /// Joins an error and its sources: "request failed: connection refused".
 pub fn error_chain(err: &dyn StdError) -> String {
     let mut text = err.to_string();
@@ -332,17 +350,7 @@ impl Idp {
         let token = request
             .request_async(&self.http)
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(resp) => {
-                    let mut text = resp.error().to_string();
-                    if let Some(desc) = resp.error_description() {
-                        text.push_str(": ");
-                        text.push_str(desc);
-                    }
-                    IdpError::Refused(text)
-                }
-                other => IdpError::TokenRequest(error_chain(&other)),
-            })?;
+            .map_err(token_error)?;
         let id_token = token
             .id_token()
             .ok_or_else(|| IdpError::InvalidIdToken("the token response has no id_token".into()))?;
@@ -383,17 +391,7 @@ impl Idp {
             .map_err(|e| IdpError::TokenRequest(error_chain(&e)))?
             .request_async(&self.http)
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(resp) => {
-                    let mut text = resp.error().to_string();
-                    if let Some(desc) = resp.error_description() {
-                        text.push_str(": ");
-                        text.push_str(desc);
-                    }
-                    IdpError::Refused(text)
-                }
-                other => IdpError::TokenRequest(error_chain(&other)),
-            })?;
+            .map_err(token_error)?;
         Ok(Refreshed {
             access_token: token.access_token().secret().clone(),
             refresh_token: token.refresh_token().map(|t| t.secret().clone()),
