@@ -12,7 +12,8 @@ use crate::reply::Reply;
 use crate::settings::Settings;
 use crate::token::{peek, Policy, TokenError};
 use crate::wire::{
-    self, BasicCredential, CredentialIdentity, Discovery, RenewResponse, SessionClaims,
+    self, BasicCredential, BearerCredential, CredentialIdentity, Discovery, RenewResponse,
+    SessionClaims,
 };
 
 /// Read access to the request's headers (`:path`, `:method` included).
@@ -54,6 +55,12 @@ pub enum Outcome {
     CheckBasic {
         key: [u8; 32],
         credential: BasicCredential,
+    },
+    /// Show this verified bearer token to the policy service (provisioning), then
+    /// [`Authenticator::bearer_checked`]; `until` is how long its answer may be cached.
+    CheckBearer {
+        until: u64,
+        credential: BearerCredential,
     },
 }
 
@@ -262,17 +269,26 @@ impl Authenticator {
             Some(k) => k,
             None => return Outcome::Fetch(KeyFetch::Idp),
         };
-        let result = policy
-            .verify(token, keys, now, 0)
-            .and_then(|(t, claims)| Ok((t, claims.username(&s.oidc_username_field)?)));
+        let result = policy.verify(token, keys, now, 0).and_then(|(t, claims)| {
+            let username = claims.username(&s.oidc_username_field)?;
+            Ok((t, claims, username))
+        });
         match result {
-            Ok((t, username)) => {
+            Ok((t, claims, username)) => {
                 self.stats.verified += 1;
+                let until = t.exp.unwrap_or(now).saturating_add(s.clock_skew_seconds);
+                if s.oidc_provision_on_bearer_auth {
+                    let credential = BearerCredential {
+                        username,
+                        token: token.to_string(),
+                        claims: claims.custom,
+                    };
+                    return Outcome::CheckBearer { until, credential };
+                }
                 let id = Rc::new(Identity {
                     username,
                     admin: false,
                 });
-                let until = t.exp.unwrap_or(now).saturating_add(s.clock_skew_seconds);
                 self.bearer_cache
                     .insert(token.to_string(), id.clone(), until, now);
                 Outcome::Allow(id)
@@ -301,6 +317,56 @@ impl Authenticator {
             Ok(credential) => Outcome::CheckBasic { key, credential },
             Err(why) => Outcome::Deny(Reply::unauthenticated(why, true)),
         }
+    }
+
+    /// The policy service answered about a verified bearer token (status 0: no answer).
+    pub fn bearer_checked(
+        &mut self,
+        token: &str,
+        until: u64,
+        status: u32,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Outcome {
+        let now = now_ms / 1000;
+        let outcome = match status {
+            200 => match serde_json::from_slice::<CredentialIdentity>(body) {
+                Ok(c) => {
+                    let id = Rc::new(Identity {
+                        username: c.username,
+                        admin: c.admin,
+                    });
+                    self.bearer_cache
+                        .insert(token.to_string(), id.clone(), until, now);
+                    Outcome::Allow(id)
+                }
+                Err(e) => Outcome::Deny(Reply::unavailable(&format!(
+                    "bearer user check answer from the policy service is invalid: {e}"
+                ))),
+            },
+            401 => {
+                let why = serde_json::from_slice::<wire::ErrorBody>(body)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| "bearer token's user may not use MLflow".to_string());
+                let refused_until = until.min(now + REFUSED_TTL_SECONDS);
+                self.refused.insert(
+                    token.to_string(),
+                    Rc::from(why.as_str()),
+                    refused_until,
+                    now,
+                );
+                Outcome::Deny(Reply::unauthenticated(&why, true))
+            }
+            0 => Outcome::Deny(Reply::unavailable(
+                "bearer token's user cannot be checked: the policy service did not answer",
+            )),
+            403 => Outcome::Deny(Reply::unavailable(KEY_REFUSED)),
+            s => Outcome::Deny(Reply::unavailable(&format!(
+                "bearer token's user cannot be checked: the policy service answered {s}"
+            ))),
+        };
+        self.count(&outcome);
+        outcome
     }
 
     /// The policy service answered about an access token (status 0: no answer).
@@ -1263,6 +1329,62 @@ mod tests {
                 Outcome::CheckBasic { .. }
             ),
             "not cached"
+        );
+    }
+
+    #[test]
+    fn with_provisioning_a_new_bearer_token_is_shown_to_the_service_once() {
+        let s = Settings::from_json(
+            serde_json::json!({
+                "oidc_discovery_url": "http://idp.test/.well-known/openid-configuration",
+                "oidc_audience": ["mlflow"],
+                "oidc_provision_on_bearer_auth": true
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut a = Authenticator::new(Rc::new(s));
+        let idp = Idp::new("k1");
+        with_idp(&mut a, &idp, NOW_MS);
+        let token =
+            idp.token(serde_json::json!({"email": "ivan@example.com", "groups": ["mlflow"]}));
+        let r = req(&[("authorization", &bearer(&token))]);
+        let until = match a.authenticate(&r, NOW_MS) {
+            Outcome::CheckBearer { until, credential } => {
+                assert_eq!(credential.username, "ivan@example.com");
+                assert_eq!(credential.claims["groups"], serde_json::json!(["mlflow"]));
+                until
+            }
+            o => panic!("{o:?}"),
+        };
+        let answer = br#"{"username": "ivan@example.com", "admin": false, "expires_at": 0}"#;
+        assert!(matches!(
+            a.bearer_checked(&token, until, 200, answer, NOW_MS),
+            Outcome::Allow(_)
+        ));
+        assert!(
+            matches!(a.authenticate(&r, NOW_MS), Outcome::Allow(_)),
+            "cached: no second call"
+        );
+        // Refused by the gate: remembered; no answer: 503, never a pass.
+        let other = idp.token(serde_json::json!({"email": "judy@example.com"}));
+        let r = req(&[("authorization", &bearer(&other))]);
+        let Outcome::CheckBearer { until, .. } = a.authenticate(&r, NOW_MS) else {
+            panic!()
+        };
+        assert!(
+            matches!(a.bearer_checked(&other, until, 0, b"", NOW_MS), Outcome::Deny(ref d) if d.status == 503)
+        );
+        let Outcome::CheckBearer { until, .. } = a.authenticate(&r, NOW_MS) else {
+            panic!()
+        };
+        let no = br#"{"error_code":"UNAUTHENTICATED","message":"judy@example.com is not in an allowed group"}"#;
+        assert!(
+            matches!(a.bearer_checked(&other, until, 401, no, NOW_MS), Outcome::Deny(ref d) if d.status == 401)
+        );
+        assert!(
+            matches!(a.authenticate(&r, NOW_MS), Outcome::Deny(ref d) if d.body.contains("allowed group"))
         );
     }
 

@@ -14,8 +14,8 @@ use crate::authn::{Authenticator, Headers, KeyFetch, KeyRecord, Outcome};
 use crate::reply::Reply;
 use crate::settings::{Settings, Target};
 use crate::wire::{
-    RenewRequest, BASIC_CHECK_PATH, SERVICE_KEY_ENV, SERVICE_KEY_HEADER, SESSION_KEYS_PATH,
-    SESSION_RENEW_PATH,
+    RenewRequest, BASIC_CHECK_PATH, BEARER_CHECK_PATH, SERVICE_KEY_ENV, SERVICE_KEY_HEADER,
+    SESSION_KEYS_PATH, SESSION_RENEW_PATH,
 };
 
 proxy_wasm::main! {{
@@ -137,6 +137,8 @@ enum Pending {
     Renew(String),
     /// An access token check, by the digest its answer is cached under.
     Basic([u8; 32]),
+    /// A verified bearer token shown to the service, and until when to cache the answer.
+    Bearer(String, u64),
 }
 
 struct Http {
@@ -171,6 +173,16 @@ impl Http {
                         continue;
                     }
                     return self.fetch(which);
+                }
+                Outcome::CheckBearer { until, credential } => {
+                    let body = serde_json::to_vec(&credential).unwrap_or_default();
+                    return self.call(
+                        Pending::Bearer(credential.token, until),
+                        CalloutTarget::Service,
+                        "POST",
+                        BEARER_CHECK_PATH,
+                        Some(&body),
+                    );
                 }
                 Outcome::CheckBasic { key, credential } => {
                     let body = serde_json::to_vec(&credential).unwrap_or_default();
@@ -325,6 +337,11 @@ impl Http {
                     "access token cannot be checked: {error}"
                 )))
             }
+            Pending::Bearer(..) => {
+                return self.answer(&Reply::unavailable(&format!(
+                    "bearer token's user cannot be checked: {error}"
+                )))
+            }
         };
         log::warn!("{error}");
         let reply = self.auth.borrow_mut().fetch_failed(which, error, now_ms());
@@ -387,6 +404,13 @@ impl Context for Http {
                 let (outcome, set_cookie) =
                     auth.borrow_mut().renewed(&old, status, &body, self, now);
                 self.set_cookie = set_cookie;
+                self.act_on(outcome)
+            }
+            Pending::Bearer(token, until) => {
+                let outcome = self
+                    .auth
+                    .borrow_mut()
+                    .bearer_checked(&token, until, status, &body, now);
                 self.act_on(outcome)
             }
             Pending::Basic(key) => {

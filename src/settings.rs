@@ -57,6 +57,11 @@ pub struct Settings {
     /// Verified tokens kept per VM.
     #[serde(default = "default_token_cache_max_entries")]
     pub token_cache_max_entries: usize,
+    /// `OIDC_PROVISION_ON_BEARER_AUTH`, as the policy service has it: every new bearer
+    /// token is shown to the service, which creates its user (after the group gate) or
+    /// refuses it. Then new bearer tokens need the service (503 while it is down).
+    #[serde(default)]
+    pub oidc_provision_on_bearer_auth: bool,
     /// How long the policy service's answer about an access token (HTTP Basic) is
     /// reused: the bound on how long a revoked token keeps working.
     #[serde(default = "default_access_token_cache_seconds")]

@@ -30,6 +30,22 @@ pub struct BasicCredential {
     pub token: String,
 }
 
+/// A bearer token the filter has verified, for a policy service that provisions
+/// users on their first bearer call (`OIDC_PROVISION_ON_BEARER_AUTH`): the service
+/// trusts these claims because the call carries [`SERVICE_KEY_HEADER`].
+/// 200: [`CredentialIdentity`]; 401: [`ErrorBody`] (the user may not sign in).
+pub const BEARER_CHECK_PATH: &str = "/authz/v1/credentials/bearer";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BearerCredential {
+    /// The username the filter derived (`OIDC_USERNAME_FIELD`).
+    pub username: String,
+    /// The token itself, for group detectors that call the IdP with it (Graph).
+    pub token: String,
+    /// Every claim of the verified token but the registered ones.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Who a credential speaks for, as the policy service found it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialIdentity {

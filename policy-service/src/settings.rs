@@ -232,6 +232,11 @@ pub struct Settings {
     pub oidc_group_name_pattern: Vec<GroupPattern>,
     /// `OIDC_USERINFO_GROUPS`: read the groups claim from UserInfo when the ID token lacks it.
     pub oidc_userinfo_groups: bool,
+    /// `OIDC_PROVISION_ON_BEARER_AUTH`: create the user of a bearer token on first use,
+    /// through the same group gate (the filter shows the service new bearer tokens).
+    pub oidc_provision_on_bearer_auth: bool,
+    /// `OIDC_TRUST_BEARER_GROUP_CLAIMS`: a provisioned bearer user in an admin group is admin.
+    pub oidc_trust_bearer_group_claims: bool,
     /// `OIDC_GROUP_DETECTION_PLUGIN`: where the groups come from.
     pub oidc_group_detection_plugin: Detection,
     /// `OIDC_GRAPH_API_URL`: Microsoft Graph's base URL (Entra ID detection).
@@ -528,6 +533,8 @@ impl Settings {
                 .map(|p| GroupPattern::new(p))
                 .collect(),
             oidc_userinfo_groups: src.bool("OIDC_USERINFO_GROUPS", false)?,
+            oidc_provision_on_bearer_auth: src.bool("OIDC_PROVISION_ON_BEARER_AUTH", false)?,
+            oidc_trust_bearer_group_claims: src.bool("OIDC_TRUST_BEARER_GROUP_CLAIMS", false)?,
             oidc_group_detection_plugin: group_detection(&src)?,
             oidc_graph_api_url: graph_api_url(&src)?,
             session_type: session_type(&src)?,

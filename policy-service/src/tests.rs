@@ -1195,3 +1195,65 @@ async fn the_migration_history_lives_where_oidc_alembic_version_table_says() {
     .to_string();
     assert!(bad.contains("OIDC_ALEMBIC_VERSION_TABLE"), "{bad}");
 }
+
+#[tokio::test]
+async fn bearer_users_are_provisioned_through_the_gate_when_asked() {
+    let call = |body: Value, key: Option<&str>| {
+        let mut r =
+            Request::post(wire::BEARER_CHECK_PATH).header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            r = r.header(wire::SERVICE_KEY_HEADER, key);
+        }
+        r.body(Body::from(body.to_string())).unwrap()
+    };
+    let ivan =
+        json!({"username": "Ivan@Example.com", "token": "t", "claims": {"groups": ["mlflow"]}});
+    let judy =
+        json!({"username": "judy@example.com", "token": "t", "claims": {"groups": ["other"]}});
+
+    // Without a shared key the service will not trust claims from anyone.
+    let router = crate::app(state().await);
+    assert_eq!(
+        send(&router, call(ivan.clone(), None)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let state = AppState::new(settings(&[
+        ("AUTHZ_SHARED_KEY", "k"),
+        ("OIDC_PROVISION_ON_BEARER_AUTH", "true"),
+    ]))
+    .await
+    .unwrap();
+    let router = crate::app(state.clone());
+    let response = send(&router, call(ivan.clone(), Some("k"))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let user = state
+        .store
+        .user_by_name("ivan@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!user.is_admin);
+    assert_eq!(
+        state.store.user_groups(user.id).await.unwrap(),
+        vec!["mlflow".to_string()]
+    );
+
+    let response = send(&router, call(judy, Some("k"))).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_body(response)
+        .await
+        .message
+        .contains("not in a group"));
+    assert!(state
+        .store
+        .user_by_name("judy@example.com")
+        .await
+        .unwrap()
+        .is_none());
+
+    // An admin group confers admin only with OIDC_TRUST_BEARER_GROUP_CLAIMS.
+    let boss = json!({"username": "boss@example.com", "token": "t", "claims": {"groups": ["mlflow-admin"]}});
+    let body = body_text(send(&router, call(boss, Some("k"))).await).await;
+    assert!(body.contains(r#""admin":false"#), "{body}");
+}

@@ -1,5 +1,6 @@
 //! One router per domain.
 
 pub mod auth;
+pub mod credentials;
 pub mod session;
 pub mod tokens;

@@ -6,20 +6,19 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get};
 use axum::{Json, Router};
-use mlflow_edge_authz::wire::{self, BasicCredential};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
 use crate::routes::auth::signed_in;
 use crate::store::{now, UserRecord};
-use crate::tokens::{self, CheckError, MAX_LIVE_PER_USER};
+use crate::tokens::{self, MAX_LIVE_PER_USER};
 use crate::web::{json_response, ApiError};
 
 pub fn router() -> Router<AppState> {
-    let mut r = Router::new().route(wire::BASIC_CHECK_PATH, post(check));
+    let mut r = Router::new();
     for api in ["/api", "/ajax-api"] {
         r = r
             .route(
@@ -40,20 +39,6 @@ pub fn router() -> Router<AppState> {
             );
     }
     r
-}
-
-/// The filter asks: who does this `username:token` speak for?
-async fn check(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let credential: BasicCredential = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the body must be JSON {{\"username\", \"token\"}}: {e}"
-        ))
-    })?;
-    match tokens::check(&state.store, &credential, now()).await {
-        Ok(identity) => Ok(Json(identity).into_response()),
-        Err(CheckError::Refused(why)) => Err(ApiError::Unauthenticated(why.into())),
-        Err(CheckError::Store(e)) => Err(e.into()),
-    }
 }
 
 async fn me(state: &AppState, headers: &HeaderMap) -> Result<UserRecord, ApiError> {
