@@ -5,6 +5,7 @@ import json
 import re
 import time
 import urllib.parse as up
+import uuid
 
 import requests
 
@@ -111,3 +112,42 @@ def test_logout_also_signs_out_at_the_idp(stack):
     assert done.status_code in (302, 303) and done.headers["Location"] == stack.url + "/", done.text[:300]
     nav = browser.get(done.headers["Location"], headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
     assert nav.status_code == 302 and "/oidc/login" in nav.headers["Location"]
+
+
+def fresh_user(stack) -> str:
+    """A user of the IdP's that no other test signs in as."""
+    sub = f"sess-{uuid.uuid4().hex[:6]}"
+    r = requests.put(f"{stack.idp_url}/users/{sub}", json={"email": f"{sub}@example.com", "groups": ["mlflow"]},
+                     timeout=TIMEOUT)
+    assert r.status_code in (200, 204), r.text[:300]
+    return sub
+
+
+def test_an_admin_ends_a_users_sessions_within_the_cookie_lifetime(stack, access_log):
+    user = fresh_user(stack)
+    browser = login(stack, user)
+    assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
+    sessions = f"{stack.url}/api/2.0/mlflow/users/{user}@example.com/sessions"
+
+    other = login(stack, "alice")
+    assert other.delete(sessions, headers=API, timeout=TIMEOUT).status_code == 403
+    admin = login(stack, "admin")
+    ended = admin.delete(sessions, headers=API, timeout=TIMEOUT)
+    assert ended.status_code == 200 and ended.json()["revoked"] == 1, ended.text[:300]
+
+    time.sleep(PAST_COOKIE_LIFETIME)
+    mark = marker()
+    r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+    assert_unauthenticated(r)
+    assert "signed out" in r.json()["message"], r.text
+    access_log.assert_mlflow_never_saw(mark)
+
+
+def test_sign_out_everywhere(stack):
+    user = fresh_user(stack)
+    laptop, phone = login(stack, user), login(stack, user)
+    ended = laptop.delete(stack.url + "/api/2.0/mlflow/users/current/sessions", headers=API, timeout=TIMEOUT)
+    assert ended.status_code == 200 and ended.json()["revoked"] == 2, ended.text[:300]
+    time.sleep(PAST_COOKIE_LIFETIME)
+    for browser in (laptop, phone):
+        assert_unauthenticated(browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT))

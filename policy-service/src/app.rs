@@ -85,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::session::router())
         .merge(routes::tokens::router())
         .merge(routes::credentials::router())
+        .merge(routes::users::router())
         // The callback path comes from OIDC_REDIRECT_URI; the fallback serves it,
         // so no configured path can clash with a route.
         .fallback(routes::auth::callback_or_not_found)

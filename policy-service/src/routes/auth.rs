@@ -401,6 +401,33 @@ pub async fn signed_in(
         .filter(|user| user.username == cookie.username))
 }
 
+/// The signed-in user of a management call (a browser session): managing `what`
+/// needs one.
+pub async fn me(state: &AppState, headers: &HeaderMap, what: &str) -> Result<UserRecord, ApiError> {
+    signed_in(state, headers).await?.ok_or_else(|| {
+        ApiError::Unauthenticated(format!("managing {what} needs a signed-in browser session"))
+    })
+}
+
+/// The user an admin acts on; only admins act on other users.
+pub async fn them(
+    state: &AppState,
+    headers: &HeaderMap,
+    username: &str,
+    what: &str,
+) -> Result<UserRecord, ApiError> {
+    if !me(state, headers, what).await?.is_admin {
+        return Err(ApiError::Forbidden(format!(
+            "only admins manage other users' {what}"
+        )));
+    }
+    state
+        .store
+        .user_by_name(&username.to_lowercase())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))
+}
+
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match signed_in(&state, &headers).await {
         Ok(user) => Json(AuthStatus {

@@ -4,3 +4,4 @@ pub mod auth;
 pub mod credentials;
 pub mod session;
 pub mod tokens;
+pub mod users;

@@ -12,10 +12,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::routes::auth::signed_in;
+use crate::routes::auth::{me, them};
 use crate::store::{now, UserRecord};
 use crate::tokens::{self, MAX_LIVE_PER_USER};
 use crate::web::{json_response, ApiError};
+
+/// What these routes manage, for the refusals of `me` and `them`.
+const WHAT: &str = "access tokens";
 
 pub fn router() -> Router<AppState> {
     let mut r = Router::new();
@@ -39,31 +42,6 @@ pub fn router() -> Router<AppState> {
             );
     }
     r
-}
-
-async fn me(state: &AppState, headers: &HeaderMap) -> Result<UserRecord, ApiError> {
-    signed_in(state, headers).await?.ok_or_else(|| {
-        ApiError::Unauthenticated("managing access tokens needs a signed-in browser session".into())
-    })
-}
-
-/// The admin's target user.
-async fn them(
-    state: &AppState,
-    headers: &HeaderMap,
-    username: &str,
-) -> Result<UserRecord, ApiError> {
-    let admin = me(state, headers).await?;
-    if !admin.is_admin {
-        return Err(ApiError::Forbidden(
-            "only admins manage other users' access tokens".into(),
-        ));
-    }
-    state
-        .store
-        .user_by_name(&username.to_lowercase())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))
 }
 
 #[derive(Deserialize)]
@@ -141,7 +119,7 @@ async fn list_mine(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let user = me(&state, &headers).await?;
+    let user = me(&state, &headers, WHAT).await?;
     list(&state, &user).await
 }
 
@@ -150,7 +128,7 @@ async fn create_mine(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let user = me(&state, &headers).await?;
+    let user = me(&state, &headers, WHAT).await?;
     create(&state, &user, &user.username, &body).await
 }
 
@@ -159,7 +137,7 @@ async fn delete_mine(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let user = me(&state, &headers).await?;
+    let user = me(&state, &headers, WHAT).await?;
     remove(&state, &user, id).await
 }
 
@@ -168,7 +146,7 @@ async fn list_theirs(
     headers: HeaderMap,
     Path(username): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = them(&state, &headers, &username).await?;
+    let user = them(&state, &headers, &username, WHAT).await?;
     list(&state, &user).await
 }
 
@@ -178,8 +156,8 @@ async fn create_theirs(
     Path(username): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = me(&state, &headers).await?;
-    let user = them(&state, &headers, &username).await?;
+    let admin = me(&state, &headers, WHAT).await?;
+    let user = them(&state, &headers, &username, WHAT).await?;
     create(&state, &user, &admin.username, &body).await
 }
 
@@ -188,6 +166,6 @@ async fn delete_theirs(
     headers: HeaderMap,
     Path((username, id)): Path<(String, i64)>,
 ) -> Result<Response, ApiError> {
-    let user = them(&state, &headers, &username).await?;
+    let user = them(&state, &headers, &username, WHAT).await?;
     remove(&state, &user, id).await
 }
