@@ -402,13 +402,58 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        let sql = "SELECT id, username, display_name, is_admin FROM users WHERE username = $1";
+        let sql = "SELECT id, username, display_name, is_admin FROM users \
+                   WHERE username = $1 AND active";
         on_pool!(self, |pool| {
             Ok(sqlx::query_as(sql)
                 .bind(username)
                 .fetch_optional(pool)
                 .await?)
         })
+    }
+
+    /// Deactivates or reactivates a user (by name, whatever their state); the user's
+    /// id, or `None` when there is no such user. Deactivated users are invisible to
+    /// every lookup that lets someone in (`user_by_name`, sessions, access tokens).
+    pub async fn set_user_active(
+        &self,
+        username: &str,
+        active: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = "UPDATE users SET active = $1 WHERE username = $2 RETURNING id";
+        let row: Option<(i64,)> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(active)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// True when `username` exists and is deactivated.
+    pub async fn is_deactivated(&self, username: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT id FROM users WHERE username = $1 AND NOT active";
+        let row: Option<(i64,)> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.is_some())
+    }
+
+    /// Deletes every access token of the user; how many.
+    pub async fn delete_user_tokens(&self, user_id: i64) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM access_tokens WHERE user_id = $1";
+        let affected = on_pool!(self, |pool| {
+            sqlx::query(sql)
+                .bind(user_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(affected)
     }
 
     /// The user's group names, sorted.
@@ -519,7 +564,8 @@ impl Store {
     ) -> Result<Option<AccessTokenCheck>, StoreError> {
         let sql = "SELECT t.id, t.token_hash, t.expires_at, t.last_used_at, \
                           u.id AS user_id, u.username, u.display_name, u.is_admin \
-                   FROM access_tokens t JOIN users u ON u.id = t.user_id WHERE t.prefix = $1";
+                   FROM access_tokens t JOIN users u ON u.id = t.user_id AND u.active \
+                   WHERE t.prefix = $1";
         let row: Option<TokenCheckRow> = on_pool!(self, |pool| {
             sqlx::query_as(sql)
                 .bind(prefix)
@@ -571,7 +617,7 @@ impl Store {
         let sql = "SELECT s.id, s.user_id, s.created_at, s.expires_at, s.revoked_at, \
                           s.idp_subject, s.idp_refresh_token, \
                           u.id AS uid, u.username, u.display_name, u.is_admin \
-                   FROM sessions s LEFT JOIN users u ON u.id = s.user_id \
+                   FROM sessions s LEFT JOIN users u ON u.id = s.user_id AND u.active \
                    WHERE s.id = $1";
         let row: Option<SessionRow> = on_pool!(self, |pool| {
             sqlx::query_as(sql).bind(id).fetch_optional(pool).await?

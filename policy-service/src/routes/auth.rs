@@ -247,6 +247,15 @@ pub async fn complete_login(
     let username = identity::username(claims, &settings.oidc_username_field).map_err(|msg| {
         PageError::new(StatusCode::FORBIDDEN, "Sign-in refused", msg).with_link(href, text)
     })?;
+    if state.store.is_deactivated(&username).await? {
+        return Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            format!(
+                "You are not allowed to sign in to MLflow: the account {username} is deactivated."
+            ),
+        ));
+    }
     let (is_admin, groups) = match gate(state, &username, claims, access_token).await {
         Ok(admitted) => admitted,
         Err(GateError::Detector(err)) => {

@@ -61,6 +61,11 @@ async fn bearer(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         admin,
         expires_at: u64::MAX,
     };
+    if state.store.is_deactivated(&username).await? {
+        return Err(ApiError::Unauthenticated(format!(
+            "the account {username} is deactivated"
+        )));
+    }
     if let Some(user) = state.store.user_by_name(&username).await? {
         return Ok(Json(identity(user.username, user.is_admin)).into_response());
     }

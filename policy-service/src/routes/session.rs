@@ -47,7 +47,9 @@ pub fn session_problem(record: Option<&SessionRecord>, now: i64) -> Option<&'sta
         None => Some("session has ended: it is unknown to the policy service"),
         Some(r) if r.revoked_at.is_some() => Some("session has ended: it was signed out"),
         Some(r) if r.expires_at <= now => Some("session has ended: it expired"),
-        Some(r) if r.user.is_none() => Some("session has ended: the user no longer exists"),
+        Some(r) if r.user.is_none() => {
+            Some("session has ended: the user no longer exists or was deactivated")
+        }
         Some(_) => None,
     }
 }

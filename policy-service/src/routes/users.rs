@@ -1,11 +1,13 @@
-//! Sessions of a user: sign out everywhere (self), or end someone's sessions (admin).
+//! Sessions of a user: sign out everywhere (self), or end someone's sessions (admin);
+//! deactivating a user (admin) ends their sessions and deletes their access tokens.
 //! The filter's cookies then stop working within `SESSION_TOKEN_TTL_SECONDS`, when
 //! their renewal finds the session ended.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::delete;
+use axum::routing::{delete, patch};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -27,6 +29,10 @@ pub fn router() -> Router<AppState> {
             .route(
                 &format!("{api}/2.0/mlflow/users/{{username}}/sessions"),
                 delete(end_theirs),
+            )
+            .route(
+                &format!("{api}/2.0/mlflow/users/{{username}}/active"),
+                patch(set_active),
             );
     }
     r
@@ -50,4 +56,50 @@ async fn end_theirs(
 ) -> Result<Response, ApiError> {
     let user = them(&state, &headers, &username, WHAT).await?;
     end_all(&state, &user).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Active {
+    active: bool,
+}
+
+/// `{"active": false}`: the user can no longer sign in, and their sessions and access
+/// tokens stop working (cookies within `SESSION_TOKEN_TTL_SECONDS`, tokens within the
+/// filter's `access_token_cache_seconds`); their grants are kept. `true` lets them back.
+async fn set_active(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: Active = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be JSON {{\"active\": true|false}}: {e}"
+        ))
+    })?;
+    let admin = me(&state, &headers, "users").await?;
+    if !admin.is_admin {
+        return Err(ApiError::Forbidden(
+            "only admins deactivate or reactivate users".into(),
+        ));
+    }
+    let username = username.to_lowercase();
+    if username == admin.username && !request.active {
+        return Err(ApiError::BadRequest(
+            "admins cannot deactivate themselves".into(),
+        ));
+    }
+    let id = state
+        .store
+        .set_user_active(&username, request.active)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))?;
+    let (mut sessions, mut tokens) = (0, 0);
+    if !request.active {
+        sessions = state.sessions.revoke_all_of_user(id, now()).await?;
+        tokens = state.store.delete_user_tokens(id).await?;
+    }
+    tracing::info!(%username, active = request.active, sessions, tokens, by = %admin.username, "user activation changed");
+    Ok(Json(json!({"username": username, "active": request.active, "sessions_revoked": sessions, "tokens_deleted": tokens})).into_response())
 }
