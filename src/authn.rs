@@ -37,6 +37,38 @@ const RENEWAL_GRACE_SECONDS: u64 = 400 * 24 * 3600;
 const KEY_REFUSED: &str =
     "the policy service refused this filter: AUTHZ_SHARED_KEY differs between Envoy and the service";
 
+/// Why the policy service's answer about a credential is not an identity.
+enum Refusal {
+    /// The service says no (401), and why: a verdict on the credential.
+    Refused(String),
+    /// No usable answer (down, timed out, the filter's key refused): never a pass.
+    Unavailable(Reply),
+}
+
+/// Reads the service's answer about `what` (a credential check).
+fn credential_answer(what: &str, status: u32, body: &[u8]) -> Result<CredentialIdentity, Refusal> {
+    let unavailable = |why: String| Refusal::Unavailable(Reply::unavailable(&why));
+    match status {
+        200 => serde_json::from_slice::<CredentialIdentity>(body).map_err(|e| {
+            unavailable(format!(
+                "{what} check: the policy service's answer is invalid: {e}"
+            ))
+        }),
+        401 => Err(Refusal::Refused(
+            serde_json::from_slice::<wire::ErrorBody>(body)
+                .map(|b| b.message)
+                .unwrap_or_else(|_| format!("{what} is not accepted")),
+        )),
+        403 => Err(Refusal::Unavailable(Reply::unavailable(KEY_REFUSED))),
+        0 => Err(unavailable(format!(
+            "{what} cannot be checked: the policy service did not answer"
+        ))),
+        s => Err(unavailable(format!(
+            "{what} cannot be checked: the policy service answered {s}"
+        ))),
+    }
+}
+
 /// What the glue does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -329,25 +361,17 @@ impl Authenticator {
         now_ms: u64,
     ) -> Outcome {
         let now = now_ms / 1000;
-        let outcome = match status {
-            200 => match serde_json::from_slice::<CredentialIdentity>(body) {
-                Ok(c) => {
-                    let id = Rc::new(Identity {
-                        username: c.username,
-                        admin: c.admin,
-                    });
-                    self.bearer_cache
-                        .insert(token.to_string(), id.clone(), until, now);
-                    Outcome::Allow(id)
-                }
-                Err(e) => Outcome::Deny(Reply::unavailable(&format!(
-                    "bearer user check answer from the policy service is invalid: {e}"
-                ))),
-            },
-            401 => {
-                let why = serde_json::from_slice::<wire::ErrorBody>(body)
-                    .map(|b| b.message)
-                    .unwrap_or_else(|_| "bearer token's user may not use MLflow".to_string());
+        let outcome = match credential_answer("bearer token's user", status, body) {
+            Ok(c) => {
+                let id = Rc::new(Identity {
+                    username: c.username,
+                    admin: c.admin,
+                });
+                self.bearer_cache
+                    .insert(token.to_string(), id.clone(), until, now);
+                Outcome::Allow(id)
+            }
+            Err(Refusal::Refused(why)) => {
                 let refused_until = until.min(now + REFUSED_TTL_SECONDS);
                 self.refused.insert(
                     token.to_string(),
@@ -357,13 +381,7 @@ impl Authenticator {
                 );
                 Outcome::Deny(Reply::unauthenticated(&why, true))
             }
-            0 => Outcome::Deny(Reply::unavailable(
-                "bearer token's user cannot be checked: the policy service did not answer",
-            )),
-            403 => Outcome::Deny(Reply::unavailable(KEY_REFUSED)),
-            s => Outcome::Deny(Reply::unavailable(&format!(
-                "bearer token's user cannot be checked: the policy service answered {s}"
-            ))),
+            Err(Refusal::Unavailable(reply)) => Outcome::Deny(reply),
         };
         self.count(&outcome);
         outcome
@@ -379,36 +397,22 @@ impl Authenticator {
     ) -> Outcome {
         let now = now_ms / 1000;
         let ttl = self.settings.access_token_cache_seconds;
-        let outcome = match status {
-            200 => match serde_json::from_slice::<CredentialIdentity>(body) {
-                Ok(c) => {
-                    let id = Rc::new(Identity {
-                        username: c.username,
-                        admin: c.admin,
-                    });
-                    let until = (now + ttl).min(c.expires_at);
-                    self.credentials.insert(key, Ok(id.clone()), until, now);
-                    Outcome::Allow(id)
-                }
-                Err(e) => Outcome::Deny(Reply::unavailable(&format!(
-                    "access token check answer from the policy service is invalid: {e}"
-                ))),
-            },
-            401 => {
-                let why = serde_json::from_slice::<wire::ErrorBody>(body)
-                    .map(|b| b.message)
-                    .unwrap_or_else(|_| "access token is not valid".to_string());
+        let outcome = match credential_answer("access token", status, body) {
+            Ok(c) => {
+                let id = Rc::new(Identity {
+                    username: c.username,
+                    admin: c.admin,
+                });
+                let until = (now + ttl).min(c.expires_at);
+                self.credentials.insert(key, Ok(id.clone()), until, now);
+                Outcome::Allow(id)
+            }
+            Err(Refusal::Refused(why)) => {
                 self.credentials
                     .insert(key, Err(Rc::from(why.as_str())), now + ttl, now);
                 Outcome::Deny(Reply::unauthenticated(&why, true))
             }
-            0 => Outcome::Deny(Reply::unavailable(
-                "access token cannot be checked: the policy service did not answer",
-            )),
-            403 => Outcome::Deny(Reply::unavailable(KEY_REFUSED)),
-            s => Outcome::Deny(Reply::unavailable(&format!(
-                "access token cannot be checked: the policy service answered {s}"
-            ))),
+            Err(Refusal::Unavailable(reply)) => Outcome::Deny(reply),
         };
         self.count(&outcome);
         outcome
