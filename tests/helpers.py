@@ -299,3 +299,18 @@ def run_mlflow_client(stack, env: dict, *args) -> subprocess.CompletedProcess:
     full.update(MLFLOW_TRACKING_URI=stack.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", **env)
     return subprocess.run([sys.executable, "-c", MLFLOW_CLIENT, *args], env=full, capture_output=True,
                           text=True, timeout=120, cwd=pathlib.Path(stack.base_dir))
+
+
+# ---- users at the IdP --------------------------------------------------------------------
+def set_idp_user(stack, sub: str, groups: list[str]) -> None:
+    """What an IdP admin does: create or change a user (the test IdP's own API)."""
+    r = requests.put(f"{stack.idp_url}/users/{sub}", json={"email": f"{sub}@example.com", "groups": groups},
+                     timeout=TIMEOUT)
+    assert r.status_code in (200, 204), r.text[:300]
+
+
+def new_idp_user(stack, groups: list[str], prefix: str = "user") -> str:
+    """A new IdP user that no other test signs in as."""
+    sub = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    set_idp_user(stack, sub, groups)
+    return sub

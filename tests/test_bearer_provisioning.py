@@ -3,12 +3,10 @@ used the browser. The filter shows each new bearer token to the policy service o
 the service creates the user if the group gate admits them, refuses them otherwise.
 
 Envoy and the policy service run with the setting for this module only."""
-import uuid
-
 import pytest
 import requests
 
-from helpers import API, TIMEOUT, assert_unauthenticated, bearer, id_token_for, login, marker
+from helpers import API, TIMEOUT, assert_unauthenticated, bearer, id_token_for, login, marker, new_idp_user
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -32,14 +30,6 @@ def provisioning(stack):
         stack.start_envoy()
 
 
-def new_idp_user(stack, groups: list[str]) -> str:
-    sub = f"bearer-{uuid.uuid4().hex[:6]}"
-    r = requests.put(f"{stack.idp_url}/users/{sub}", json={"email": f"{sub}@example.com", "groups": groups},
-                     timeout=TIMEOUT)
-    assert r.status_code in (200, 204), r.text[:300]
-    return sub
-
-
 def known_to_the_service(stack, admin, user: str) -> bool:
     r = admin.get(f"{stack.url}/api/2.0/mlflow/users/{user}@example.com/tokens", headers=API, timeout=TIMEOUT)
     assert r.status_code in (200, 404), r.text[:300]
@@ -48,7 +38,7 @@ def known_to_the_service(stack, admin, user: str) -> bool:
 
 def test_a_new_user_in_an_allowed_group_is_created_on_first_bearer_call(stack, access_log, provisioning):
     admin = login(stack, "admin")
-    user = new_idp_user(stack, ["mlflow"])
+    user = new_idp_user(stack, ["mlflow"], "bearer")
     assert not known_to_the_service(stack, admin, user)
 
     mark = marker()
@@ -61,7 +51,7 @@ def test_a_new_user_in_an_allowed_group_is_created_on_first_bearer_call(stack, a
 
 def test_a_user_outside_the_allowed_groups_is_refused(stack, access_log, provisioning):
     admin = login(stack, "admin")
-    user = new_idp_user(stack, ["other"])
+    user = new_idp_user(stack, ["other"], "bearer")
     mark = marker()
     r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(id_token_for(stack.idp_url, user)),
                      timeout=TIMEOUT)

@@ -3,22 +3,18 @@ within the cookie's lifetime and their access tokens stop working within the fil
 cache bound; reactivated, they sign in again."""
 import base64
 import time
-import uuid
 
 import requests
 
 from conftest import ACCESS_TOKEN_CACHE_SECONDS, CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS
-from helpers import API, TIMEOUT, assert_unauthenticated, login, marker, sign_in
+from helpers import API, TIMEOUT, assert_unauthenticated, login, marker, new_idp_user, sign_in
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 PAST_BOTH_BOUNDS = max(SESSION_TOKEN_TTL_SECONDS + CLOCK_SKEW_SECONDS + 1, ACCESS_TOKEN_CACHE_SECONDS + 1)
 
 
 def test_a_deactivated_user_is_out_within_the_bounds_and_can_come_back(stack, access_log):
-    user = f"dora-{uuid.uuid4().hex[:6]}"
-    r = requests.put(f"{stack.idp_url}/users/{user}", json={"email": f"{user}@example.com", "groups": ["mlflow"]},
-                     timeout=TIMEOUT)
-    assert r.status_code in (200, 204), r.text[:300]
+    user = new_idp_user(stack, ["mlflow"], "dora")
     browser = login(stack, user)
     made = browser.post(stack.url + "/api/2.0/mlflow/users/current/tokens", json={"name": "ci"}, headers=API,
                         timeout=TIMEOUT)

@@ -8,10 +8,9 @@ import time
 import uuid
 
 import pytest
-import requests
 
 from conftest import CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS
-from helpers import API, TIMEOUT, assert_unauthenticated, login, marker, sign_in
+from helpers import API, TIMEOUT, assert_unauthenticated, login, marker, set_idp_user, sign_in
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 # Past the cookie's lifetime, with the filter's clock skew, by a margin.
@@ -30,13 +29,6 @@ def refreshing_service(stack):
         stack.stop_service()
         stack.service_env = original
         stack.start_service()
-
-
-def set_idp_user(stack, sub: str, groups: list[str]) -> None:
-    """What an IdP admin does: change a user's groups (the IdP's own API)."""
-    r = requests.put(f"{stack.idp_url}/users/{sub}", json={"email": f"{sub}@example.com", "groups": groups},
-                     timeout=TIMEOUT)
-    assert r.status_code in (200, 204), r.text[:300]
 
 
 def status(browser, stack) -> dict:

@@ -5,13 +5,12 @@ import json
 import re
 import time
 import urllib.parse as up
-import uuid
 
 import requests
 
 from conftest import CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS
 from helpers import (API, IDENTITY_HEADER, NAVIGATION, TIMEOUT, assert_unauthenticated, b64url,
-                     login, marker, session_cookie, set_cookie_value, with_cookie)
+                     login, marker, new_idp_user, session_cookie, set_cookie_value, with_cookie)
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 # Past the cookie's lifetime, with the filter's clock skew, by a margin.
@@ -114,17 +113,8 @@ def test_logout_also_signs_out_at_the_idp(stack):
     assert nav.status_code == 302 and "/oidc/login" in nav.headers["Location"]
 
 
-def fresh_user(stack) -> str:
-    """A user of the IdP's that no other test signs in as."""
-    sub = f"sess-{uuid.uuid4().hex[:6]}"
-    r = requests.put(f"{stack.idp_url}/users/{sub}", json={"email": f"{sub}@example.com", "groups": ["mlflow"]},
-                     timeout=TIMEOUT)
-    assert r.status_code in (200, 204), r.text[:300]
-    return sub
-
-
 def test_an_admin_ends_a_users_sessions_within_the_cookie_lifetime(stack, access_log):
-    user = fresh_user(stack)
+    user = new_idp_user(stack, ["mlflow"], "sess")
     browser = login(stack, user)
     assert browser.get(stack.url + SEARCH, headers=API, timeout=TIMEOUT).status_code == 200
     sessions = f"{stack.url}/api/2.0/mlflow/users/{user}@example.com/sessions"
@@ -144,7 +134,7 @@ def test_an_admin_ends_a_users_sessions_within_the_cookie_lifetime(stack, access
 
 
 def test_sign_out_everywhere(stack):
-    user = fresh_user(stack)
+    user = new_idp_user(stack, ["mlflow"], "sess")
     laptop, phone = login(stack, user), login(stack, user)
     ended = laptop.delete(stack.url + "/api/2.0/mlflow/users/current/sessions", headers=API, timeout=TIMEOUT)
     assert ended.status_code == 200 and ended.json()["revoked"] == 2, ended.text[:300]
