@@ -7,6 +7,8 @@ pub mod authn;
 pub mod cache;
 pub mod claims;
 pub mod keys;
+pub mod mlflow;
+pub mod permission;
 pub mod reply;
 pub mod settings;
 pub mod token;

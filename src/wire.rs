@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::permission::{Permission, ResourceKind, Source, Target};
+
 /// The filter proves itself to the policy service's internal API (`/authz/v1/...`)
 /// with this header, holding the secret both read from this environment variable
 /// (for the filter: the Envoy VM's environment, never its JSON configuration).
@@ -84,6 +86,112 @@ pub struct RenewResponse {
     /// The whole `Set-Cookie` header value for the browser (the service owns the
     /// cookie's attributes).
     pub set_cookie: String,
+}
+
+/// Decide a request: what the user holds on each target it names. The filter
+/// compares each answer with the route's need and caches it per (user, target)
+/// under the answer's epoch. Body: [`DecideRequest`]; 200: [`DecideResponse`].
+pub const DECIDE_PATH: &str = "/authz/v1/decide";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideRequest {
+    pub username: String,
+    /// May be empty: the answer then only says whether the user is an admin.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideResponse {
+    /// The policy epoch the answers were read at.
+    pub epoch: u64,
+    /// Admins pass every check; `answers` are then still filled in.
+    pub admin: bool,
+    /// One per target, in order.
+    pub answers: Vec<TargetAnswer>,
+}
+
+/// What the user holds on one target, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetAnswer {
+    pub permission: Permission,
+    pub source: Source,
+    /// The resource holding the grants, when the target resolved to one
+    /// (the experiment of a run, a registered model or prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResolvedResource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedResource {
+    pub kind: ResourceKind,
+    /// Experiment id, or registered model / prompt name.
+    pub id: String,
+}
+
+/// The policy epoch: bumped by every change that can alter a decision (grants,
+/// users, groups, admin status). GET; 200: [`EpochResponse`]. The filter polls it
+/// and drops its decisions when it moves.
+pub const EPOCH_PATH: &str = "/authz/v1/epoch";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochResponse {
+    pub epoch: u64,
+}
+
+/// Tell the service what a successful MLflow call did to a resource, before the
+/// response is released (so the creator's next call already works).
+/// Body: [`ResourceEvent`]; 200: [`EpochResponse`].
+pub const EVENTS_PATH: &str = "/authz/v1/events";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ResourceEvent {
+    /// The creator gets MANAGE; `DEFAULT_MLFLOW_GROUP_PERMISSION` goes to their groups.
+    Created {
+        kind: ResourceKind,
+        id: String,
+        creator: String,
+    },
+    /// Grants move from the old name to the new one.
+    Renamed {
+        kind: ResourceKind,
+        from: String,
+        to: String,
+    },
+    /// Grants on the resource are removed.
+    Deleted { kind: ResourceKind, id: String },
+}
+
+/// Filter a search or list response down to what the user may read, topping the
+/// page up from MLflow so it holds `max_results` rows when more readable rows exist.
+/// Body: [`ListingRequest`]; 200: the filtered MLflow response body, verbatim JSON.
+pub const LISTING_PATH: &str = "/authz/v1/listing";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingRequest {
+    pub username: String,
+    pub listing: Listing,
+    /// The client's request to MLflow, so the service can fetch further pages of
+    /// the same search: method, path (with `/api` prefix), query string, body.
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// MLflow's answer to it.
+    pub response_body: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Listing {
+    Experiments,
+    RegisteredModels,
+    ModelVersions,
+    LoggedModels,
+    /// `GET /api/2.0/mlflow-artifacts/artifacts` at the root: one entry per experiment.
+    ArtifactRoot,
 }
 
 /// A JSON Web Key Set (RFC 7517), as the IdP and the policy service publish it.
