@@ -438,6 +438,10 @@ class Stack:
             "POLICY_SERVICE_ADDR": f"127.0.0.1:{self.service_port}",
             "SECRET_KEY": self.secret("SECRET_KEY"),
             "AUTHZ_SHARED_KEY": self.secret("AUTHZ_SHARED_KEY"),
+            # The service resolves runs, traces and logged models to experiments here.
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            # Nothing is readable without a grant (the seed's default would be MANAGE).
+            "DEFAULT_MLFLOW_PERMISSION": "NO_PERMISSIONS",
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
         }
         if self.graph_url:

@@ -46,6 +46,10 @@ impl<K: Hash + Eq, T: Clone> TokenCache<K, T> {
             .map(|e| e.value.clone())
     }
 
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     pub fn insert(&mut self, token: K, value: T, valid_until: u64, now: u64) {
         if valid_until <= now {
             return;

@@ -11,11 +11,15 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::authn::{Authenticator, Headers, KeyFetch, KeyRecord, Outcome};
+use crate::authz::{Authorizer, Verdict};
+use crate::cache::Identity;
+use crate::mlflow::{self, Access, After, Plan, Routed};
 use crate::reply::Reply;
 use crate::settings::{Settings, Target};
 use crate::wire::{
-    RenewRequest, BASIC_CHECK_PATH, BEARER_CHECK_PATH, SERVICE_KEY_ENV, SERVICE_KEY_HEADER,
-    SESSION_KEYS_PATH, SESSION_RENEW_PATH,
+    DecideRequest, Listing, ListingRequest, RenewRequest, ResourceEvent, BASIC_CHECK_PATH,
+    BEARER_CHECK_PATH, DECIDE_PATH, EPOCH_PATH, EVENTS_PATH, LISTING_PATH, SERVICE_KEY_ENV,
+    SERVICE_KEY_HEADER, SESSION_KEYS_PATH, SESSION_RENEW_PATH,
 };
 
 proxy_wasm::main! {{
@@ -55,11 +59,88 @@ fn adopt_shared(auth: &mut Authenticator, which: KeyFetch) -> bool {
 #[derive(Default)]
 struct Root {
     auth: Option<Rc<RefCell<Authenticator>>>,
+    authz: Option<Rc<RefCell<Authorizer>>>,
     /// Metric ids and the values already flushed.
     metrics: Vec<(u32, u64)>,
+    /// When the policy epoch was last asked for (ms), and whether that call is out.
+    epoch_asked_at: u64,
+    epoch_in_flight: bool,
 }
 
-impl Context for Root {}
+impl Root {
+    /// Counters of both halves, in the order their metrics were defined.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        if let Some(auth) = &self.auth {
+            out.extend(auth.borrow().stats.fields());
+        }
+        if let Some(authz) = &self.authz {
+            out.extend(authz.borrow().stats.fields());
+        }
+        out
+    }
+
+    /// Asks the policy service for its epoch, so cached decisions follow grant changes.
+    fn poll_epoch(&mut self, now: u64) {
+        let Some(auth) = &self.auth else { return };
+        let auth = auth.borrow();
+        let s = &auth.settings;
+        // A lost answer must not stop polling forever: retry after a timeout's worth.
+        let wait = if self.epoch_in_flight {
+            s.callout_timeout_ms.max(s.epoch_poll_interval_ms) * 2
+        } else {
+            s.epoch_poll_interval_ms
+        };
+        if now.saturating_sub(self.epoch_asked_at) < wait {
+            return;
+        }
+        let cluster = s.policy_service_cluster.clone();
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", EPOCH_PATH),
+            (":authority", cluster.as_str()),
+            ("accept", "application/json"),
+        ];
+        if let Some(key) = &auth.service_key {
+            headers.push((SERVICE_KEY_HEADER, key.as_str()));
+        }
+        let timeout = Duration::from_millis(s.callout_timeout_ms);
+        self.epoch_asked_at = now;
+        self.epoch_in_flight =
+            hostcalls::dispatch_http_call(&cluster, headers, None, vec![], timeout).is_ok();
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.epoch_in_flight = false;
+        let Some(authz) = &self.authz else { return };
+        let status = if num_headers == 0 {
+            0
+        } else {
+            self.get_http_call_response_header(":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        };
+        let body = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(MAX_CALLOUT_BODY),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        if let Err(e) = authz.borrow_mut().epoch_polled(status, &body, now_ms()) {
+            log::debug!("{e}");
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -85,9 +166,15 @@ impl RootContext for Root {
         if auth.service_key.is_none() {
             log::warn!("{SERVICE_KEY_ENV} is not in the VM environment: calls to the policy service carry no key");
         }
-        self.metrics = auth
-            .stats
-            .fields()
+        let authz = Authorizer::new(
+            auth.settings.decision_cache_max_entries,
+            auth.settings.epoch_poll_interval_ms,
+        );
+        let tick = auth.settings.epoch_poll_interval_ms.min(1_000);
+        self.auth = Some(Rc::new(RefCell::new(auth)));
+        self.authz = Some(Rc::new(RefCell::new(authz)));
+        self.metrics = self
+            .counters()
             .iter()
             .filter_map(|(name, _)| {
                 hostcalls::define_metric(MetricType::Counter, &format!("{METRIC_PREFIX}.{name}"))
@@ -95,20 +182,20 @@ impl RootContext for Root {
                     .map(|id| (id, 0))
             })
             .collect();
-        self.auth = Some(Rc::new(RefCell::new(auth)));
-        let _ = hostcalls::set_tick_period(Duration::from_secs(1));
+        let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(auth) = &self.auth else { return };
-        let Ok(mut auth) = auth.try_borrow_mut() else {
-            return;
-        };
-        adopt_shared(&mut auth, KeyFetch::Idp);
-        adopt_shared(&mut auth, KeyFetch::Session);
+        if let Ok(mut auth) = auth.try_borrow_mut() {
+            adopt_shared(&mut auth, KeyFetch::Idp);
+            adopt_shared(&mut auth, KeyFetch::Session);
+        }
+        self.poll_epoch(now_ms());
         // Counted in memory on the request path; flushed here, off it.
-        for ((id, flushed), (_, value)) in self.metrics.iter_mut().zip(auth.stats.fields()) {
+        let counters = self.counters();
+        for ((id, flushed), (_, value)) in self.metrics.iter_mut().zip(counters) {
             if value > *flushed {
                 let _ = hostcalls::increment_metric(*id, (value - *flushed) as i64);
                 *flushed = value;
@@ -117,11 +204,19 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let auth = self.auth.clone()?;
         Some(Box::new(Http {
-            auth,
+            auth: self.auth.clone()?,
+            authz: self.authz.clone()?,
             pending: None,
             set_cookie: None,
+            method: String::new(),
+            path: String::new(),
+            routed: None,
+            request_ended: false,
+            body: None,
+            phase: Phase::Authenticating,
+            user: None,
+            plan: None,
         }))
     }
 
@@ -139,13 +234,45 @@ enum Pending {
     Basic([u8; 32]),
     /// A verified bearer token shown to the service, and until when to cache the answer.
     Bearer(String, u64),
+    /// What the user holds on the request's resources.
+    Decide(DecideRequest),
+    /// A search answer being filtered (the response is paused).
+    Listing,
+    /// A resource event being reported (the response is paused).
+    Report,
+}
+
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Authenticating,
+    /// Authenticated; the route reads ids from the body, which is still coming.
+    WaitingBody,
+    Deciding,
+    /// Sent on to MLflow.
+    Forwarded,
+    /// Answered by the filter itself.
+    Answered,
+    /// MLflow's answer is held until it is filtered or its event reported.
+    HoldingResponse,
 }
 
 struct Http {
     auth: Rc<RefCell<Authenticator>>,
+    authz: Rc<RefCell<Authorizer>>,
     pending: Option<Pending>,
     /// A renewed session cookie to hand to the browser with the response.
     set_cookie: Option<String>,
+    method: String,
+    path: String,
+    routed: Option<Routed>,
+    /// The whole request has arrived.
+    request_ended: bool,
+    /// The request body, read when the route reads ids from it.
+    body: Option<Vec<u8>>,
+    phase: Phase,
+    user: Option<Rc<Identity>>,
+    plan: Option<Plan>,
 }
 
 impl Headers for Http {
@@ -224,10 +351,18 @@ impl Http {
                     header,
                     Some(&id.username),
                 );
-                Action::Continue
+                self.user = Some(id);
+                // The sign-in routes (public paths) belong to the policy service, which
+                // checks its callers itself; they are not MLflow routes to authorize.
+                if settings.is_public(&self.path) {
+                    self.phase = Phase::Forwarded;
+                    return Action::Continue;
+                }
+                self.authorize()
             }
             Outcome::Public => {
                 let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, None);
+                self.phase = Phase::Forwarded;
                 Action::Continue
             }
             Outcome::Deny(reply) => self.answer(&reply),
@@ -235,6 +370,183 @@ impl Http {
                 "the policy service gave no usable answer",
             )),
         }
+    }
+
+    /// The user is known: plan the request (once its body is in, when the route
+    /// reads it) and decide.
+    fn authorize(&mut self) -> Action {
+        let routed = self
+            .routed
+            .get_or_insert_with(|| mlflow::route(&self.method, &self.path))
+            .clone();
+        if routed.reads_body() && !self.request_ended {
+            // The proxy-wasm ABI delivers no body while the headers are held, so the
+            // headers go on now (MLflow acts on nothing without the body) and the body
+            // is held in `on_http_request_body` until the request is decided; a refusal
+            // then resets the stream to MLflow.
+            self.phase = Phase::WaitingBody;
+            return Action::Continue;
+        }
+        let plan = match mlflow::plan(&routed, &self.method, &self.path, self.body.as_deref()) {
+            Ok(plan) => plan,
+            Err(e) => return self.answer(&Reply::bad_request(&e.message)),
+        };
+        let Some(user) = self.user.clone() else {
+            return self.answer(&Reply::unavailable("the request lost its user"));
+        };
+        let open_listing = matches!(&plan.access, Access::Resources(r) if r.is_empty());
+        let verdict = match plan.after {
+            After::Filter(_) if open_listing => self
+                .authz
+                .borrow_mut()
+                .decide_listing(&user.username, now_ms()),
+            _ => self
+                .authz
+                .borrow_mut()
+                .decide(&user.username, &plan.access, now_ms()),
+        };
+        self.plan = Some(plan);
+        self.act_on_verdict(verdict)
+    }
+
+    fn act_on_verdict(&mut self, verdict: Verdict) -> Action {
+        match verdict {
+            Verdict::Allow => {
+                self.phase = Phase::Forwarded;
+                Action::Continue
+            }
+            Verdict::Deny(reply) => self.answer(&reply),
+            Verdict::Ask(request) => {
+                self.phase = Phase::Deciding;
+                let body = serde_json::to_vec(&request).unwrap_or_default();
+                self.call(
+                    Pending::Decide(request),
+                    CalloutTarget::Service,
+                    "POST",
+                    DECIDE_PATH,
+                    Some(&body),
+                )
+            }
+        }
+    }
+
+    /// MLflow answered with a 2xx that must be filtered or reported: say whether to
+    /// hold it (its body is then read in full).
+    fn holds_response(&self) -> bool {
+        let (Some(plan), Some(user)) = (&self.plan, &self.user) else {
+            return false;
+        };
+        match &plan.after {
+            After::Nothing => false,
+            After::Filter(_) => !self.authz.borrow().is_admin(&user.username, now_ms()),
+            After::ReportCreated { .. } | After::Report(_) => true,
+        }
+    }
+
+    /// The whole held answer is in: filter it or report what it did.
+    fn on_held_response(&mut self, body: Vec<u8>) -> Action {
+        let (Some(plan), Some(user)) = (self.plan.clone(), self.user.clone()) else {
+            return Action::Continue;
+        };
+        match plan.after {
+            After::Nothing => Action::Continue,
+            After::Filter(listing) => self.filter_listing(listing, &user.username, body),
+            After::ReportCreated { kind } => {
+                match mlflow::created_event(kind, &user.username, &body) {
+                    Ok(event) => self.report(&event),
+                    Err(e) => {
+                        log::error!("{e}");
+                        Action::Continue
+                    }
+                }
+            }
+            After::Report(event) => self.report(&event),
+        }
+    }
+
+    fn filter_listing(&mut self, listing: Listing, username: &str, body: Vec<u8>) -> Action {
+        let (path, query) = match self.path.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (self.path.clone(), String::new()),
+        };
+        let request = ListingRequest {
+            username: username.to_string(),
+            listing,
+            method: self.method.clone(),
+            path,
+            query,
+            request_body: self
+                .body
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            response_body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        self.call(
+            Pending::Listing,
+            CalloutTarget::Service,
+            "POST",
+            LISTING_PATH,
+            Some(&payload),
+        )
+    }
+
+    fn report(&mut self, event: &ResourceEvent) -> Action {
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        self.call(
+            Pending::Report,
+            CalloutTarget::Service,
+            "POST",
+            EVENTS_PATH,
+            Some(&payload),
+        )
+    }
+
+    /// The held answer must not go out (its rows could not be filtered). Its headers
+    /// have: Envoy resets the stream, so the client sees a failed call, never rows it
+    /// may not read, nor an empty page that looks like a real one.
+    fn refuse_response(&mut self, reply: &Reply) {
+        log::warn!("{} {}: {}", self.method, self.path, reply.body);
+        self.phase = Phase::Answered;
+        let _ = hostcalls::send_http_response(reply.status, vec![], Some(reply.body.as_bytes()));
+    }
+
+    fn set_response_body(&mut self, body: &[u8]) {
+        let _ = hostcalls::set_buffer(
+            proxy_wasm::types::BufferType::HttpResponseBody,
+            0,
+            usize::MAX,
+            body,
+        );
+    }
+
+    /// A response-phase callout came back (or failed): release the answer.
+    fn held_response_done(&mut self, pending: Pending, status: u32, body: &[u8]) {
+        match pending {
+            Pending::Listing if status == 200 => self.set_response_body(body),
+            Pending::Listing => {
+                let why = if status == 0 {
+                    "no answer in time".to_string()
+                } else {
+                    format!("status {status}")
+                };
+                self.refuse_response(&Reply::unavailable(&format!(
+                    "the search answer cannot be filtered to what you may read: the policy service gave {why}"
+                )));
+                return;
+            }
+            Pending::Report if status != 200 => {
+                // MLflow already did it; its answer goes out, the grant change is lost.
+                log::error!(
+                    "the policy service did not record a resource event of {} {} (status {status})",
+                    self.method,
+                    self.path
+                );
+            }
+            _ => {}
+        }
+        self.phase = Phase::Forwarded;
+        let _ = hostcalls::resume_http_response();
     }
 
     fn fetch(&mut self, which: KeyFetch) -> Action {
@@ -342,6 +654,22 @@ impl Http {
                     "bearer token's user cannot be checked: {error}"
                 )))
             }
+            Pending::Decide(_) => {
+                self.authz.borrow_mut().stats.decide_errors += 1;
+                return self.answer(&Reply::unavailable(&format!(
+                    "permissions cannot be checked: {error}"
+                )));
+            }
+            Pending::Listing | Pending::Report => {
+                log::warn!("{error}");
+                let which = if matches!(pending, Pending::Listing) {
+                    Pending::Listing
+                } else {
+                    Pending::Report
+                };
+                self.held_response_done(which, 0, &[]);
+                return Action::Pause;
+            }
         };
         log::warn!("{error}");
         let reply = self.auth.borrow_mut().fetch_failed(which, error, now_ms());
@@ -349,6 +677,7 @@ impl Http {
     }
 
     fn answer(&mut self, reply: &Reply) -> Action {
+        self.phase = Phase::Answered;
         let headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
@@ -389,16 +718,47 @@ impl Context for Http {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0)
         };
+        // A filtered search answer is as large as MLflow's; everything else is small.
+        let limit = match pending {
+            Pending::Listing => self.auth.borrow().settings.max_body_bytes,
+            _ => MAX_CALLOUT_BODY,
+        };
+        if body_size > limit {
+            let error = format!("the policy service's answer is larger than {limit} bytes");
+            if matches!(pending, Pending::Listing) {
+                self.refuse_response(&Reply::unavailable(&error));
+                return;
+            }
+            let action = self.failed(&pending, error);
+            self.resume_after(action);
+            return;
+        }
         let body = hostcalls::get_buffer(
             proxy_wasm::types::BufferType::HttpCallResponseBody,
             0,
-            body_size.min(MAX_CALLOUT_BODY),
+            body_size,
         )
         .ok()
         .flatten()
         .unwrap_or_default();
         let now = now_ms();
+        if matches!(pending, Pending::Listing | Pending::Report) {
+            self.held_response_done(pending, status, &body);
+            return;
+        }
         let action = match pending {
+            Pending::Decide(asked) => {
+                let verdict = match &self.plan {
+                    Some(plan) => {
+                        self.authz
+                            .borrow_mut()
+                            .answered(&asked, &plan.access, status, &body, now)
+                    }
+                    None => Verdict::Deny(Reply::unavailable("the request lost its plan")),
+                };
+                self.act_on_verdict(verdict)
+            }
+            Pending::Listing | Pending::Report => Action::Pause,
             Pending::Renew(old) => {
                 let auth = self.auth.clone();
                 let (outcome, set_cookie) =
@@ -454,14 +814,109 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.method = self.get(":method").unwrap_or_default();
+        self.path = self.get(":path").unwrap_or_default();
+        self.request_ended = end_of_stream;
         self.run()
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.phase {
+            Phase::Forwarded => return Action::Continue,
+            Phase::Answered | Phase::HoldingResponse => return Action::Pause,
+            Phase::Authenticating | Phase::WaitingBody | Phase::Deciding => {}
+        }
+        // Until the request is decided nothing goes on. While the headers are held
+        // for a callout, Envoy keeps the body itself under flow control (an artifact
+        // upload is never buffered here); only routes that read ids from the body
+        // get here before their decision.
+        let routed = self
+            .routed
+            .get_or_insert_with(|| mlflow::route(&self.method, &self.path))
+            .clone();
+        if !routed.reads_body() {
+            return Action::Pause;
+        }
+        let limit = self.auth.borrow().settings.max_body_bytes;
+        if body_size > limit {
+            return self.answer(&Reply::too_large(&format!(
+                "the request body is larger than the {limit} bytes the filter reads for {}",
+                routed.name
+            )));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.request_ended = true;
+        self.body =
+            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, body_size)
+                .ok()
+                .flatten()
+                .or(Some(Vec::new()));
+        if self.phase == Phase::WaitingBody {
+            return self.authorize();
+        }
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(cookie) = self.set_cookie.take() {
             let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, "set-cookie", &cookie);
         }
+        if self.phase != Phase::Forwarded || !self.holds_response() {
+            return Action::Continue;
+        }
+        let status: u32 = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return Action::Continue;
+        }
+        self.phase = Phase::HoldingResponse;
+        if end_of_stream {
+            return self.on_held_response(Vec::new());
+        }
+        // The body will change length (filtering) or is read whole.
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None);
+        // Headers go on (the proxy-wasm ABI turns a paused header phase into "stop
+        // everything", and the body would never arrive); the body is what is held.
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.phase != Phase::HoldingResponse || self.pending.is_some() {
+            return if self.pending.is_some() {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        let limit = self.auth.borrow().settings.max_body_bytes;
+        if body_size > limit {
+            let filtering = matches!(self.plan.as_ref().map(|p| &p.after), Some(After::Filter(_)));
+            if filtering {
+                // Never pass rows that were not filtered.
+                self.refuse_response(&Reply::unavailable(&format!(
+                    "MLflow's answer is larger than the {limit} bytes the filter reads; ask for fewer results"
+                )));
+                return Action::Pause;
+            }
+            self.phase = Phase::Forwarded;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::HttpResponseBody,
+            0,
+            body_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        self.on_held_response(body)
     }
 }

@@ -4,6 +4,7 @@
 //! and under wasm32 (`wasm-bindgen-test`). `glue` turns Envoy's host calls into it.
 
 pub mod authn;
+pub mod authz;
 pub mod cache;
 pub mod claims;
 pub mod keys;

@@ -194,14 +194,26 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Target {
-    Experiment { id: String },
+    Experiment {
+        id: String,
+    },
     /// `experiment_name` where MLflow looks the experiment up by name.
-    ExperimentName { name: String },
-    Run { id: String },
-    Trace { id: String },
-    LoggedModel { id: String },
+    ExperimentName {
+        name: String,
+    },
+    Run {
+        id: String,
+    },
+    Trace {
+        id: String,
+    },
+    LoggedModel {
+        id: String,
+    },
     /// A registered model or a prompt, by name.
-    RegisteredModel { name: String },
+    RegisteredModel {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for Target {

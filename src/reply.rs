@@ -38,6 +38,21 @@ impl Reply {
         r
     }
 
+    /// 403: the user is known but may not do this; the message names what is missing.
+    pub fn forbidden(message: &str) -> Reply {
+        Reply::json(403, "PERMISSION_DENIED", message)
+    }
+
+    /// 400: a request the filter will not guess about (MLflow would read it differently).
+    pub fn bad_request(message: &str) -> Reply {
+        Reply::json(400, "INVALID_PARAMETER_VALUE", message)
+    }
+
+    /// 413: a body larger than the filter reads.
+    pub fn too_large(message: &str) -> Reply {
+        Reply::json(413, "INVALID_PARAMETER_VALUE", message)
+    }
+
     /// 503: a dependency (IdP, policy service) is down or slow. Never a pass.
     pub fn unavailable(message: &str) -> Reply {
         Reply::json(503, "TEMPORARILY_UNAVAILABLE", message)

@@ -71,6 +71,18 @@ pub struct Settings {
     /// buy a 0.5 ms signature check each. Cached tokens keep working.
     #[serde(default = "default_max_invalid_signatures_per_second")]
     pub max_invalid_signatures_per_second: u32,
+    /// How often each VM asks the policy service for its policy epoch. A revoked
+    /// grant stops working within about this long (plus one callout).
+    #[serde(default = "default_epoch_poll_interval_ms")]
+    pub epoch_poll_interval_ms: u64,
+    /// Decisions (user, resource) kept per VM.
+    #[serde(default = "default_decision_cache_max_entries")]
+    pub decision_cache_max_entries: usize,
+    /// Largest request body read for ids, and largest search answer filtered; larger
+    /// ones are refused with 413 (requests) or 502 (answers), never passed unchecked.
+    /// Artifact uploads are streamed, never read.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 fn default_username_field() -> Vec<String> {
@@ -117,6 +129,15 @@ fn default_access_token_cache_seconds() -> u64 {
 }
 fn default_max_invalid_signatures_per_second() -> u32 {
     20
+}
+fn default_epoch_poll_interval_ms() -> u64 {
+    1_000
+}
+fn default_decision_cache_max_entries() -> usize {
+    10_000
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
 }
 
 /// Where a URL points, split for a callout: `:authority` and `:path`.
@@ -221,6 +242,18 @@ impl Settings {
         }
         if self.access_token_cache_seconds > 3600 {
             return bad("access_token_cache_seconds", "must be at most 3600".into());
+        }
+        if !(100..=60_000).contains(&self.epoch_poll_interval_ms) {
+            return bad(
+                "epoch_poll_interval_ms",
+                "must be between 100 and 60000".into(),
+            );
+        }
+        if self.decision_cache_max_entries == 0 {
+            return bad("decision_cache_max_entries", "must be at least 1".into());
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return bad("max_body_bytes", "must be between 1024 and 67108864".into());
         }
         if self.token_cache_max_entries == 0 {
             return bad("token_cache_max_entries", "must be at least 1".into());

@@ -25,6 +25,8 @@ JWKS_REFETCH_INTERVAL_SECONDS = 1.0
 # How long the filter reuses the policy service's answer about an access token: the
 # bound on how long a revoked token keeps working.
 ACCESS_TOKEN_CACHE_SECONDS = 2
+# The sign-in button's label (OIDC_PROVIDER_DISPLAY_NAME).
+PROVIDER_DISPLAY_NAME = "Sign in with the test IdP"
 
 
 KEEP_RUNS = 5
@@ -43,7 +45,8 @@ def stack():
     prune_old_runs(base.parent)
     s = Stack.on_free_ports(
         base,
-        service_env={"SESSION_TOKEN_TTL_SECONDS": str(SESSION_TOKEN_TTL_SECONDS)},
+        service_env={"SESSION_TOKEN_TTL_SECONDS": str(SESSION_TOKEN_TTL_SECONDS),
+                     "OIDC_PROVIDER_DISPLAY_NAME": PROVIDER_DISPLAY_NAME},
         filter_config={
             "clock_skew_seconds": CLOCK_SKEW_SECONDS,
             "jwks_refetch_interval_ms": int(JWKS_REFETCH_INTERVAL_SECONDS * 1000),

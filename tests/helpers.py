@@ -314,3 +314,60 @@ def new_idp_user(stack, groups: list[str], prefix: str = "user") -> str:
     sub = f"{prefix}-{uuid.uuid4().hex[:6]}"
     set_idp_user(stack, sub, groups)
     return sub
+
+
+# ---- permissions ---------------------------------------------------------------------------
+PERMISSIONS_API = "/api/2.0/mlflow/permissions"
+
+
+def grant(stack, browser, principal: str, resource: str, permission: str, *, group: bool = False,
+          kind: str = "experiments") -> None:
+    """What an admin or a resource manager does: give `principal` (a user, or a group when
+    `group`) `permission` on `resource` (an experiment id, a registered model or prompt name)."""
+    who = "groups" if group else "users"
+    url = f"{stack.url}{PERMISSIONS_API}/{who}/{up.quote(principal, safe='')}/{kind}/{up.quote(resource, safe='')}"
+    r = browser.post(url, json={"permission": permission}, headers=API, timeout=TIMEOUT)
+    if r.status_code == 409:
+        r = browser.patch(url, json={"permission": permission}, headers=API, timeout=TIMEOUT)
+    assert r.status_code in (200, 201), f"grant {permission} on {kind}/{resource} to {principal}: {r.status_code} {r.text[:300]}"
+
+
+def revoke(stack, browser, principal: str, resource: str, *, group: bool = False,
+           kind: str = "experiments") -> None:
+    who = "groups" if group else "users"
+    url = f"{stack.url}{PERMISSIONS_API}/{who}/{up.quote(principal, safe='')}/{kind}/{up.quote(resource, safe='')}"
+    r = browser.delete(url, headers=API, timeout=TIMEOUT)
+    assert r.status_code == 200, f"revoke on {kind}/{resource} from {principal}: {r.status_code} {r.text[:300]}"
+
+
+def pattern_grant(stack, browser, principal: str, regex: str, priority: int, permission: str, *,
+                  group: bool = False, kind: str = "experiment-patterns") -> int:
+    who = "groups" if group else "users"
+    r = browser.post(f"{stack.url}{PERMISSIONS_API}/{who}/{up.quote(principal, safe='')}/{kind}",
+                     json={"regex": regex, "priority": priority, "permission": permission},
+                     headers=API, timeout=TIMEOUT)
+    assert r.status_code in (200, 201), f"pattern grant {regex!r}: {r.status_code} {r.text[:300]}"
+    return r.json().get("id")
+
+
+def access_token(stack, browser, name: str | None = None) -> str:
+    """A personal access token made by the signed-in `browser` (for the MLflow client)."""
+    r = browser.post(stack.url + "/api/2.0/mlflow/users/current/tokens",
+                     json={"name": name or f"t-{uuid.uuid4().hex[:8]}"}, headers=API, timeout=TIMEOUT)
+    assert r.status_code == 201, r.text[:300]
+    return r.json()["token"]
+
+
+def client_env(username: str, token: str) -> dict:
+    """The MLflow client's credentials: a username and an access token."""
+    return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": token}
+
+
+def run_client_script(stack, env: dict, script: str, *args) -> dict:
+    """Runs `script` with the MLflow client pointed at Envoy; returns the JSON it prints last."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full.update(MLFLOW_TRACKING_URI=stack.url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", **env)
+    done = subprocess.run([sys.executable, "-c", script, *args], env=full, capture_output=True,
+                          text=True, timeout=300, cwd=pathlib.Path(stack.base_dir))
+    assert done.returncode == 0, f"client script failed:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])

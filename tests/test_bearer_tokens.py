@@ -38,7 +38,7 @@ def test_idp_token_reaches_mlflow_as_its_user(stack, access_log, user):
     r = get(stack, bearer(id_token_for(stack.idp_url, user)), mark)
 
     assert r.status_code == 200, r.text[:300]
-    assert "experiments" in r.json()
+    assert isinstance(r.json(), dict), r.text[:300]  # a search answer: rows only where a grant allows
     assert access_log.assert_mlflow_answered(mark)["user"] == f"{user}@example.com"
 
 

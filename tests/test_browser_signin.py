@@ -49,11 +49,16 @@ def test_signed_in_user_gets_the_mlflow_ui_and_its_data(stack, access_log):
     assert page.headers["Content-Type"].startswith("text/html")
     assert "<html" in page.text.lower()
 
+    # What the UI does: make an experiment, then find it in the list.
+    name = f"ui-{marker()}"
+    made = browser.post(f"{stack.url}/ajax-api/2.0/mlflow/experiments/create", json={"name": name},
+                        headers=API, timeout=TIMEOUT)
+    assert made.status_code == 200, made.text[:300]
     mark = marker()
     data = browser.post(f"{stack.url}/ajax-api/2.0/mlflow/experiments/search?m={mark}",
-                        json={"max_results": 10}, headers=API, timeout=TIMEOUT)
+                        json={"max_results": 1000}, headers=API, timeout=TIMEOUT)
     assert data.status_code == 200, data.text[:300]
-    assert any(e["name"] == "Default" for e in data.json()["experiments"])
+    assert any(e["name"] == name for e in data.json()["experiments"])
     entry = access_log.assert_mlflow_answered(mark)
     assert entry["user"] == "alice@example.com"
 

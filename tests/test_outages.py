@@ -1,5 +1,6 @@
-"""What users see while a part of the stack is down: sign-in fails clearly, bearer
-tokens keep working, nothing gets through without credentials."""
+"""What users see while a part of the stack is down: sign-in fails clearly, credentials
+are still checked inline, decisions that need the policy service fail closed (503),
+nothing gets through without credentials."""
 import time
 
 import pytest
@@ -10,6 +11,8 @@ from helpers import (API, NAVIGATION, TIMEOUT, assert_unauthenticated, bearer, i
                      marker, signed_with_own_key)
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+# A route that needs a signed-in user and no permission: answered with the service down.
+VERSION = "/version"
 
 
 @pytest.fixture
@@ -37,12 +40,19 @@ def test_policy_service_down(stack, access_log, policy_service_down):
     assert r.status_code == 503, r.text[:300]
     assert r.json()["message"], r.text
 
-    # A bearer token is checked in the filter alone: MLflow still answers.
+    # A bearer token is checked in the filter alone: what needs no permission still works.
+    token = id_token_for(stack.idp_url, "alice")
     mark = marker()
-    ok = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(id_token_for(stack.idp_url, "alice")),
-                      timeout=TIMEOUT)
+    ok = requests.get(f"{stack.url}{VERSION}?m={mark}", headers=bearer(token), timeout=TIMEOUT)
     assert ok.status_code == 200, ok.text[:300]
     assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
+    # What needs a decision fails closed, before MLflow is asked (once the VMs stop
+    # trusting their cached decisions: at most three epoch polls).
+    time.sleep(3.5)
+    mark = marker()
+    r = requests.get(f"{stack.url}{SEARCH}&m={mark}", headers=bearer(token), timeout=TIMEOUT)
+    assert r.status_code == 503 and "permissions cannot be checked" in r.json()["message"], r.text[:300]
+    access_log.assert_mlflow_never_saw(mark)
 
     # Nothing else gets through.
     for headers in (API, {**API, "Authorization": "Bearer garbage"}):
@@ -71,13 +81,13 @@ def test_session_cookies_while_the_policy_service_is_down(stack, access_log):
     try:
         # A cookie within its lifetime is checked in the filter alone.
         mark = marker()
-        r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+        r = browser.get(f"{stack.url}{VERSION}?m={mark}", headers=API, timeout=TIMEOUT)
         assert r.status_code == 200, r.text[:300]
         assert access_log.assert_mlflow_answered(mark)["user"] == "alice@example.com"
         # Past it, renewal needs the service: a clear 503, never a pass.
         time.sleep(SESSION_TOKEN_TTL_SECONDS + CLOCK_SKEW_SECONDS + 1)
         mark = marker()
-        r = browser.get(f"{stack.url}{SEARCH}&m={mark}", headers=API, timeout=TIMEOUT)
+        r = browser.get(f"{stack.url}{VERSION}?m={mark}", headers=API, timeout=TIMEOUT)
         assert r.status_code == 503, r.text[:300]
         assert "policy service" in r.json()["message"], r.text
         access_log.assert_mlflow_never_saw(mark)

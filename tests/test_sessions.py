@@ -8,7 +8,7 @@ import urllib.parse as up
 
 import requests
 
-from conftest import CLOCK_SKEW_SECONDS, SESSION_TOKEN_TTL_SECONDS
+from conftest import CLOCK_SKEW_SECONDS, PROVIDER_DISPLAY_NAME, SESSION_TOKEN_TTL_SECONDS
 from helpers import (API, IDENTITY_HEADER, NAVIGATION, TIMEOUT, assert_unauthenticated, b64url,
                      login, marker, new_idp_user, session_cookie, set_cookie_value, with_cookie)
 
@@ -99,7 +99,7 @@ def test_logout_also_signs_out_at_the_idp(stack):
     location = out.headers["Location"]
     assert location.startswith(stack.idp_url + "/oauth2/end_session?"), location
     query = up.parse_qs(up.urlsplit(location).query)
-    assert query["post_logout_redirect_uri"] == [stack.url + "/"] and query["client_id"] == ["mlflow"]
+    assert query["post_logout_redirect_uri"] == [stack.url + "/oidc/signed-out"] and query["client_id"] == ["mlflow"]
 
     # The IdP asks to confirm (a form), then sends the browser back to MLflow, signed out.
     page = browser.get(location, timeout=TIMEOUT)
@@ -108,8 +108,13 @@ def test_logout_also_signs_out_at_the_idp(stack):
     back_to = re.search(r'name="redirect_uri" value="([^"]+)"', page.text).group(1)
     done = browser.post(up.urljoin(location, html.unescape(action)), data={"redirect_uri": html.unescape(back_to)},
                         allow_redirects=False, timeout=TIMEOUT)
-    assert done.status_code in (302, 303) and done.headers["Location"] == stack.url + "/", done.text[:300]
-    nav = browser.get(done.headers["Location"], headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
+    assert done.status_code in (302, 303) and done.headers["Location"] == stack.url + "/oidc/signed-out", \
+        done.text[:300]
+    # The landing page offers to sign in again, with the button the settings name.
+    landing = browser.get(done.headers["Location"], headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
+    assert landing.status_code == 200 and "signed out" in landing.text, landing.text[:300]
+    assert PROVIDER_DISPLAY_NAME in landing.text and 'href="/oidc/login?next=%2F"' in landing.text
+    nav = browser.get(stack.url + "/", headers=NAVIGATION, allow_redirects=False, timeout=TIMEOUT)
     assert nav.status_code == 302 and "/oidc/login" in nav.headers["Location"]
 
 

@@ -11,6 +11,8 @@ use thiserror::Error;
 
 use crate::groups::{DetectorError, GroupDetector};
 use crate::idp::{Idp, IdpError};
+use crate::mlflow::{Mlflow, MlflowError};
+use crate::permissions::PatternCache;
 use crate::routes;
 use crate::session::SessionKeys;
 use crate::sessions::{SessionStore, SessionStoreError};
@@ -28,6 +30,8 @@ pub enum StartError {
     Groups(#[from] DetectorError),
     #[error(transparent)]
     Sessions(#[from] SessionStoreError),
+    #[error(transparent)]
+    Mlflow(#[from] MlflowError),
 }
 
 pub struct Inner {
@@ -41,6 +45,10 @@ pub struct Inner {
     pub groups: Box<dyn GroupDetector>,
     /// Seals the IdP refresh tokens kept on sessions (key from `SECRET_KEY`).
     pub sealer: crate::crypto::Sealer,
+    /// MLflow's REST API (`MLFLOW_TRACKING_URI`), to resolve what requests name.
+    pub mlflow: Mlflow,
+    /// Compiled pattern grants.
+    pub patterns: PatternCache,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -66,7 +74,11 @@ impl AppState {
         let idp = Arc::new(Idp::new(&settings)?);
         let groups = crate::groups::detector(&settings, idp.clone())?;
         let sealer = crate::crypto::Sealer::new(&settings.secret_key);
+        let mlflow = Mlflow::new(&settings)?;
+        store.bump_epoch().await?;
         Ok(AppState(Arc::new(Inner {
+            mlflow,
+            patterns: PatternCache::default(),
             sealer,
             settings,
             store,
@@ -86,6 +98,8 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::tokens::router())
         .merge(routes::credentials::router())
         .merge(routes::users::router())
+        .merge(routes::decisions::router())
+        .merge(routes::permissions::router())
         // The callback path comes from OIDC_REDIRECT_URI; the fallback serves it,
         // so no configured path can clash with a route.
         .fallback(routes::auth::callback_or_not_found)

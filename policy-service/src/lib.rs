@@ -1,12 +1,16 @@
-//! The policy service: OIDC sign-in, users, groups and sessions for MLflow
-//! behind the Envoy edge filter, which verifies the session cookie this
-//! service signs.
+//! The policy service: OIDC sign-in, users, groups, sessions and permissions for
+//! MLflow behind the Envoy edge filter, which verifies the session cookie this
+//! service signs and asks it for decisions.
 
 pub mod app;
 pub mod crypto;
+pub mod grants;
 pub mod groups;
 pub mod identity;
 pub mod idp;
+pub mod listing;
+pub mod mlflow;
+pub mod permissions;
 pub mod routes;
 pub mod session;
 pub mod sessions;
@@ -20,3 +24,5 @@ pub use settings::Settings;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_permissions;

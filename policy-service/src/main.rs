@@ -50,6 +50,14 @@ async fn main() -> ExitCode {
              reaches this service; set it here and in Envoy's environment"
         );
     }
+    if settings.default_mlflow_permission.grants_access() {
+        tracing::warn!(
+            "DEFAULT_MLFLOW_PERMISSION={}: every user holds it on every experiment, model and \
+             prompt no grant covers; set DEFAULT_MLFLOW_PERMISSION=NO_PERMISSIONS to deny \
+             what is not granted",
+            settings.default_mlflow_permission
+        );
+    }
     let addr = settings.listen_addr;
     let callback = settings.callback_path().to_string();
     let state = match AppState::new(settings).await {
@@ -69,6 +77,13 @@ async fn main() -> ExitCode {
     tracing::info!(%addr, %callback, kid = state.keys.kid(), "policy service listening");
     // Redis is not contacted before the first sign-in or renewal.
     tracing::info!(session_type = ?state.settings.session_type, "server-side sessions");
+    // MLflow is not contacted before the first decision that needs it.
+    tracing::info!(
+        mlflow = %state.settings.mlflow_tracking_uri,
+        order = ?state.settings.permission_source_order,
+        default = %state.settings.default_mlflow_permission,
+        "permissions"
+    );
     if let Err(err) = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use mlflow_edge_authz::permission::{Permission, Source as GrantSource};
 use thiserror::Error;
 use url::Url;
 
@@ -247,6 +248,15 @@ pub struct Settings {
     pub session_key_prefix: String,
     /// `SESSION_PERMANENT`: the cookie gets a `Max-Age` (else it is a browser-session cookie).
     pub session_permanent: bool,
+    /// `DEFAULT_MLFLOW_PERMISSION`: what a user holds where no grant applies.
+    pub default_mlflow_permission: Permission,
+    /// `DEFAULT_MLFLOW_GROUP_PERMISSION`: given to the creator's groups on a new resource.
+    pub default_mlflow_group_permission: Option<Permission>,
+    /// `PERMISSION_SOURCE_ORDER`: the grant sources walked, the first holding a grant wins.
+    pub permission_source_order: Vec<GrantSource>,
+    /// `MLFLOW_TRACKING_URI`: the MLflow server itself (not Envoy), which the service
+    /// asks what runs, traces and logged models belong to, and what names are.
+    pub mlflow_tracking_uri: Url,
 }
 
 // Secrets stay out of logs and panics alike.
@@ -287,6 +297,13 @@ impl fmt::Debug for Settings {
             .field("session_type", &self.session_type)
             .field("session_key_prefix", &self.session_key_prefix)
             .field("session_permanent", &self.session_permanent)
+            .field("default_mlflow_permission", &self.default_mlflow_permission)
+            .field(
+                "default_mlflow_group_permission",
+                &self.default_mlflow_group_permission,
+            )
+            .field("permission_source_order", &self.permission_source_order)
+            .field("mlflow_tracking_uri", &self.mlflow_tracking_uri.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -356,6 +373,17 @@ impl Source<'_> {
                 _ => Err(invalid(name, v, "a whole number of seconds greater than 0")),
             },
         }
+    }
+
+    /// A permission level (`READ`, `USE`, `EDIT`, `MANAGE`, `NO_PERMISSIONS`, any
+    /// case), or `None` when unset.
+    fn permission(&self, name: &'static str) -> Result<Option<Permission>, SettingsError> {
+        self.get(name)
+            .map(|v| {
+                Permission::parse(v)
+                    .map_err(|_| invalid(name, v, "one of READ, USE, EDIT, MANAGE, NO_PERMISSIONS"))
+            })
+            .transpose()
     }
 
     fn http_url(&self, name: &'static str) -> Result<Url, SettingsError> {
@@ -540,6 +568,12 @@ impl Settings {
             session_type: session_type(&src)?,
             session_key_prefix: src.string("SESSION_KEY_PREFIX", "mlflow_oidc:"),
             session_permanent: src.bool("SESSION_PERMANENT", false)?,
+            default_mlflow_permission: src
+                .permission("DEFAULT_MLFLOW_PERMISSION")?
+                .unwrap_or(Permission::Manage),
+            default_mlflow_group_permission: src.permission("DEFAULT_MLFLOW_GROUP_PERMISSION")?,
+            permission_source_order: permission_source_order(&src)?,
+            mlflow_tracking_uri: mlflow_tracking_uri(&src)?,
         })
     }
 
@@ -577,6 +611,55 @@ fn graph_api_url(src: &Source) -> Result<Url, SettingsError> {
             NAME,
             raw,
             "an absolute http:// or https:// URL without query, such as https://graph.microsoft.com/v1.0",
+        )),
+    }
+}
+
+/// `PERMISSION_SOURCE_ORDER`: a comma list of the grant sources, each at most once.
+/// (The system we replace skips unknown names with a warning; a typo here would
+/// silently change who may do what, so it stops start-up instead.)
+fn permission_source_order(src: &Source) -> Result<Vec<GrantSource>, SettingsError> {
+    const NAME: &str = "PERMISSION_SOURCE_ORDER";
+    const ACCEPTED: &str =
+        "a comma list of user, group, regex, group-regex (each at most once), such as \
+         user,group,regex,group-regex";
+    let raw = src.get(NAME).unwrap_or("user,group,regex,group-regex");
+    let names = comma_list(raw);
+    if names.is_empty() {
+        return Err(invalid(NAME, raw, ACCEPTED));
+    }
+    let mut order = Vec::with_capacity(names.len());
+    for name in &names {
+        let source =
+            GrantSource::parse_grant_source(name).map_err(|_| invalid(NAME, raw, ACCEPTED))?;
+        if order.contains(&source) {
+            return Err(invalid(NAME, raw, ACCEPTED));
+        }
+        order.push(source);
+    }
+    Ok(order)
+}
+
+/// `MLFLOW_TRACKING_URI`: MLflow's own address, default `http://127.0.0.1:5000`.
+fn mlflow_tracking_uri(src: &Source) -> Result<Url, SettingsError> {
+    const NAME: &str = "MLFLOW_TRACKING_URI";
+    let raw = src.get(NAME).unwrap_or("http://127.0.0.1:5000");
+    match Url::parse(raw) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+                && url.password().is_none() =>
+        {
+            Ok(url)
+        }
+        _ => Err(invalid(
+            NAME,
+            &redact_password(raw),
+            "the MLflow server's own http:// or https:// URL (not Envoy's), without \
+             credentials or query, such as http://127.0.0.1:5000",
         )),
     }
 }
@@ -1023,5 +1106,89 @@ mod tests {
             assert!(err.contains(value), "{err}");
             assert!(err.contains(accepted), "{err}");
         }
+    }
+
+    #[test]
+    fn permission_settings() {
+        let s = Settings::from_vars(&base()).unwrap();
+        assert_eq!(s.default_mlflow_permission, Permission::Manage);
+        assert_eq!(s.default_mlflow_group_permission, None);
+        assert_eq!(
+            s.permission_source_order,
+            vec![
+                GrantSource::User,
+                GrantSource::Group,
+                GrantSource::Regex,
+                GrantSource::GroupRegex
+            ]
+        );
+        assert_eq!(s.mlflow_tracking_uri.as_str(), "http://127.0.0.1:5000/");
+
+        let s = Settings::from_vars(&with(&[
+            ("DEFAULT_MLFLOW_PERMISSION", "no_permissions"),
+            ("DEFAULT_MLFLOW_GROUP_PERMISSION", "READ"),
+            ("PERMISSION_SOURCE_ORDER", " group-regex , user "),
+            ("MLFLOW_TRACKING_URI", "https://mlflow.internal:8443/base"),
+        ]))
+        .unwrap();
+        assert_eq!(s.default_mlflow_permission, Permission::NoPermissions);
+        assert_eq!(s.default_mlflow_group_permission, Some(Permission::Read));
+        assert_eq!(
+            s.permission_source_order,
+            vec![GrantSource::GroupRegex, GrantSource::User]
+        );
+        assert_eq!(
+            s.mlflow_tracking_uri.as_str(),
+            "https://mlflow.internal:8443/base"
+        );
+
+        for (name, value, accepted) in [
+            (
+                "DEFAULT_MLFLOW_PERMISSION",
+                "OWNER",
+                "one of READ, USE, EDIT, MANAGE, NO_PERMISSIONS",
+            ),
+            (
+                "DEFAULT_MLFLOW_GROUP_PERMISSION",
+                "ALL",
+                "one of READ, USE, EDIT, MANAGE, NO_PERMISSIONS",
+            ),
+            (
+                "PERMISSION_SOURCE_ORDER",
+                "user,groups",
+                "user, group, regex, group-regex",
+            ),
+            (
+                "PERMISSION_SOURCE_ORDER",
+                "user,group,user",
+                "each at most once",
+            ),
+            (
+                "PERMISSION_SOURCE_ORDER",
+                ",",
+                "user, group, regex, group-regex",
+            ),
+            ("MLFLOW_TRACKING_URI", "databricks", "http:// or https://"),
+            (
+                "MLFLOW_TRACKING_URI",
+                "file:///tmp/mlruns",
+                "http:// or https://",
+            ),
+        ] {
+            let err = Settings::from_vars(&with(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(value), "{err}");
+            assert!(err.contains(accepted), "{err}");
+        }
+        let err = Settings::from_vars(&with(&[(
+            "MLFLOW_TRACKING_URI",
+            "http://u:hunter2@mlflow:5000",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("MLFLOW_TRACKING_URI"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -37,6 +37,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("users database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// A value the schema's checks should have kept out (a permission level, a kind).
+    #[error("the users database holds an unreadable value: {0}")]
+    Invalid(String),
 }
 
 /// Seconds since the Unix epoch.
@@ -188,25 +191,33 @@ impl From<TokenCheckRow> for AccessTokenCheck {
 }
 
 #[derive(Clone, Debug)]
-enum Pool {
+pub(crate) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
 
 /// Runs `$body` with `$pool` bound to the store's concrete pool: the body (and
-/// its SQL) is written once and compiled for each backend.
+/// its SQL) is written once and compiled for each backend. Other modules of the
+/// store layer (`grants`) use it too.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
         }
     };
 }
+pub(crate) use on_pool;
+
+/// Moves the policy epoch on (`policy_epoch`, one row) and returns the new value.
+/// Run in the transaction of the change it announces, so a reader never sees the
+/// change under the old epoch.
+pub(crate) const BUMP_EPOCH: &str =
+    "UPDATE policy_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch";
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 impl Store {
@@ -347,7 +358,8 @@ impl Store {
 
     /// Creates or updates the user at sign-in (admin flag recomputed, so losing
     /// the admin group demotes), and replaces their group memberships with
-    /// `groups`. Returns the user's id.
+    /// `groups`. Returns the user's id. A change of admin status or of group
+    /// membership (a new user with groups included) moves the policy epoch.
     pub async fn record_login(
         &self,
         username: &str,
@@ -356,29 +368,50 @@ impl Store {
         groups: &[String],
         now: i64,
     ) -> Result<i64, StoreError> {
+        let mut wanted: Vec<&str> = groups.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let user_id: i64 = sqlx::query_scalar(
+            // Write first (SQLite cannot turn a reading transaction into a writing one
+            // while another writes). This statement leaves `is_admin` as it was, and a
+            // new user starts as no admin: it returns the flag from before the login.
+            let (user_id, was_admin): (i64, bool) = sqlx::query_as(
                 "INSERT INTO users (username, display_name, is_admin, created_at, last_login_at) \
                  VALUES ($1, $2, $3, $4, $4) \
-                 ON CONFLICT (username) DO UPDATE SET \
-                   display_name = excluded.display_name, \
-                   is_admin = excluded.is_admin, \
-                   last_login_at = excluded.last_login_at \
-                 RETURNING id",
+                 ON CONFLICT (username) DO UPDATE SET last_login_at = excluded.last_login_at \
+                 RETURNING id, is_admin",
             )
             .bind(username)
             .bind(display_name)
-            .bind(is_admin)
+            .bind(false)
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
+            sqlx::query("UPDATE users SET display_name = $1, is_admin = $2 WHERE id = $3")
+                .bind(display_name)
+                .bind(is_admin)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            let groups_before: Vec<String> = sqlx::query_scalar(
+                "SELECT g.group_name FROM user_groups ug JOIN groups g ON g.id = ug.group_id \
+                 WHERE ug.user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut sorted_before: Vec<&str> = groups_before.iter().map(String::as_str).collect();
+            sorted_before.sort_unstable();
+            let changed = was_admin != is_admin || sorted_before != wanted;
 
             sqlx::query("DELETE FROM user_groups WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *tx)
                 .await?;
-            for group in groups {
+            // In one order (sorted), so two first sign-ins bringing the same new groups
+            // never wait on each other's inserts in a cycle.
+            for group in &wanted {
                 sqlx::query(
                     "INSERT INTO groups (group_name) VALUES ($1) \
                      ON CONFLICT (group_name) DO NOTHING",
@@ -396,6 +429,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            if changed {
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(user_id)
         })
@@ -412,23 +448,51 @@ impl Store {
         })
     }
 
+    /// An active user who has been through the sign-in gate (a browser sign-in or a
+    /// provisioned bearer call), as opposed to a row made because a grant named them.
+    pub async fn admitted_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sql = "SELECT id, username, display_name, is_admin FROM users \
+                   WHERE username = $1 AND active AND last_login_at IS NOT NULL";
+        on_pool!(self, |pool| {
+            Ok(sqlx::query_as(sql)
+                .bind(username)
+                .fetch_optional(pool)
+                .await?)
+        })
+    }
+
     /// Deactivates or reactivates a user (by name, whatever their state); the user's
     /// id, or `None` when there is no such user. Deactivated users are invisible to
-    /// every lookup that lets someone in (`user_by_name`, sessions, access tokens).
+    /// every lookup that lets someone in (`user_by_name`, sessions, access tokens),
+    /// and hold no permission. A change moves the policy epoch.
     pub async fn set_user_active(
         &self,
         username: &str,
         active: bool,
     ) -> Result<Option<i64>, StoreError> {
-        let sql = "UPDATE users SET active = $1 WHERE username = $2 RETURNING id";
-        let row: Option<(i64,)> = on_pool!(self, |pool| {
-            sqlx::query_as(sql)
-                .bind(active)
-                .bind(username)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row.map(|(id,)| id))
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let changed: Option<i64> = sqlx::query_scalar(
+                "UPDATE users SET active = $1 WHERE username = $2 AND active <> $1 RETURNING id",
+            )
+            .bind(active)
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = changed {
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+                tx.commit().await?;
+                return Ok(Some(id));
+            }
+            tx.rollback().await?;
+            // Unchanged: already in that state, or no such user.
+            Ok(
+                sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
+                    .bind(username)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
     }
 
     /// True when `username` exists and is deactivated.
@@ -468,12 +532,20 @@ impl Store {
         })
     }
 
+    /// Deletes the user, with their sessions, tokens, memberships and grants; moves
+    /// the policy epoch.
     pub async fn delete_user(&self, user_id: i64) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM users WHERE id = $1")
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
                 .bind(user_id)
-                .execute(pool)
-                .await?;
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted > 0 {
+                sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -18,7 +18,7 @@ use crate::store::now;
 use crate::store::testing::{fresh_database_uri, SharedDatabase};
 use crate::{app, AppState};
 
-fn settings(extra: &[(&str, &str)]) -> Settings {
+pub(crate) fn settings(extra: &[(&str, &str)]) -> Settings {
     let mut vars: HashMap<String, String> = [
         // Nothing listens on port 1: discovery fails fast.
         (
@@ -49,11 +49,11 @@ async fn state() -> AppState {
     AppState::new(settings(&[])).await.unwrap()
 }
 
-async fn send(router: &Router, request: Request<Body>) -> Response {
+pub(crate) async fn send(router: &Router, request: Request<Body>) -> Response {
     router.clone().oneshot(request).await.unwrap()
 }
 
-fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
+pub(crate) fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
     let mut builder = Request::get(uri);
     if let Some(value) = cookie {
         builder = builder.header(header::COOKIE, format!("mlflow_session={value}"));
@@ -61,19 +61,19 @@ fn get(uri: &str, cookie: Option<&str>) -> Request<Body> {
     builder.body(Body::empty()).unwrap()
 }
 
-fn post_json(uri: &str, body: &str) -> Request<Body> {
+pub(crate) fn post_json(uri: &str, body: &str) -> Request<Body> {
     Request::post(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
         .unwrap()
 }
 
-async fn body_text(response: Response) -> String {
+pub(crate) async fn body_text(response: Response) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
-fn claims(value: Value) -> Map<String, Value> {
+pub(crate) fn claims(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         other => panic!("not an object: {other}"),
@@ -81,7 +81,7 @@ fn claims(value: Value) -> Map<String, Value> {
 }
 
 /// The cookie value from a login response's `Set-Cookie`.
-fn cookie_of(response: &Response) -> String {
+pub(crate) fn cookie_of(response: &Response) -> String {
     let set_cookie = response
         .headers()
         .get(header::SET_COOKIE)
@@ -92,7 +92,7 @@ fn cookie_of(response: &Response) -> String {
     first.strip_prefix("mlflow_session=").unwrap().to_string()
 }
 
-async fn sign_in(state: &AppState, claims_json: Value, next: &str) -> Response {
+pub(crate) async fn sign_in(state: &AppState, claims_json: Value, next: &str) -> Response {
     complete_login(state, &claims(claims_json), "", None, next, now())
         .await
         .unwrap_or_else(axum::response::IntoResponse::into_response)
@@ -103,7 +103,7 @@ async fn renew(router: &Router, session: &str) -> Response {
     send(router, post_json(wire::SESSION_RENEW_PATH, &body)).await
 }
 
-async fn error_body(response: Response) -> ErrorBody {
+pub(crate) async fn error_body(response: Response) -> ErrorBody {
     serde_json::from_str(&body_text(response).await).unwrap()
 }
 
@@ -368,7 +368,7 @@ async fn renew_live_session_then_logout_ends_it() {
 
     let response = send(&router, get("/logout", Some(&cookie))).await;
     assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(response.headers()[header::LOCATION], "/");
+    assert_eq!(response.headers()[header::LOCATION], "/oidc/signed-out");
     let cleared = response.headers()[header::SET_COOKIE].to_str().unwrap();
     assert_eq!(
         cleared,
@@ -526,6 +526,12 @@ async fn status_without_or_with_bad_cookie_is_anonymous() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
+    // The landing page's button carries OIDC_PROVIDER_DISPLAY_NAME, escaped.
+    let response = send(&router, get("/oidc/signed-out", None)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_text(response).await;
+    assert!(body.contains("Login with OIDC</a>"), "{body}");
+    assert!(body.contains("href=\"/oidc/login?next=%2F\""), "{body}");
 }
 
 #[tokio::test]
@@ -1256,4 +1262,21 @@ async fn bearer_users_are_provisioned_through_the_gate_when_asked() {
     let boss = json!({"username": "boss@example.com", "token": "t", "claims": {"groups": ["mlflow-admin"]}});
     let body = body_text(send(&router, call(boss, Some("k"))).await).await;
     assert!(body.contains(r#""admin":false"#), "{body}");
+
+    // A grant to a user who never signed in makes a row, but not a way past the gate.
+    state
+        .store
+        .resource_created(
+            mlflow_edge_authz::permission::ResourceKind::Experiment,
+            "7",
+            "judy@example.com",
+            None,
+            crate::store::now(),
+        )
+        .await
+        .unwrap();
+    let judy =
+        json!({"username": "judy@example.com", "token": "t", "claims": {"groups": ["other"]}});
+    let response = send(&router, call(judy, Some("k"))).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

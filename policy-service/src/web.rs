@@ -20,6 +20,11 @@ pub enum ApiError {
     Forbidden(String),
     /// 404 `RESOURCE_DOES_NOT_EXIST`.
     NotFound(String),
+    /// 409 `RESOURCE_ALREADY_EXISTS`.
+    Conflict(String),
+    /// 422 `INVALID_PARAMETER_VALUE`: a body that does not say what the route needs
+    /// (the management API's answer to bad bodies, as the system we replace gives).
+    Unprocessable(String),
     /// 500; the detail goes to the log only.
     Internal(String),
     /// 503 `TEMPORARILY_UNAVAILABLE`: something the answer needs is down.
@@ -83,6 +88,14 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(message) => (
                 StatusCode::NOT_FOUND,
                 ErrorBody::new("RESOURCE_DOES_NOT_EXIST", message),
+            ),
+            ApiError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                ErrorBody::new("RESOURCE_ALREADY_EXISTS", message),
+            ),
+            ApiError::Unprocessable(message) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorBody::new("INVALID_PARAMETER_VALUE", message),
             ),
             ApiError::Unavailable(message) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -23,11 +23,16 @@ use crate::web::{
 };
 
 pub const LOGIN_PATH: &str = "/oidc/login";
+/// Where a signed-out browser lands (also after the IdP's own sign-out): a page with
+/// the sign-in button, not MLflow, which would sign a user with a live IdP session
+/// straight back in.
+pub const SIGNED_OUT_PATH: &str = "/oidc/signed-out";
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route(LOGIN_PATH, get(login))
         .route("/logout", get(logout))
+        .route(SIGNED_OUT_PATH, get(signed_out))
         .route("/oidc/auth/status", get(status))
 }
 
@@ -362,16 +367,35 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
         }
     }
     // Signed out here; now at the IdP too, when it offers RP-initiated logout, which
-    // sends the browser back to MLflow's front page.
-    let home = format!(
-        "{}/",
+    // sends the browser back to the signed-out page.
+    let landing = format!(
+        "{}{SIGNED_OUT_PATH}",
         settings.oidc_redirect_uri.origin().ascii_serialization()
     );
-    let target = match state.idp.end_session_url(&home).await {
+    let target = match state.idp.end_session_url(&landing).await {
         Some(url) => url.to_string(),
-        None => "/".to_string(),
+        None => SIGNED_OUT_PATH.to_string(),
     };
     redirect(&target, Some(session_cookie(settings, "", Some(0))))
+}
+
+/// "You are signed out", with the sign-in button labelled `OIDC_PROVIDER_DISPLAY_NAME`.
+async fn signed_out(State(state): State<AppState>) -> Response {
+    let body = format!(
+        "<p>You are signed out of MLflow.</p>\
+         <p><a href=\"{LOGIN_PATH}?next=%2F\" role=\"button\" \
+         style=\"display:inline-block;padding:.6rem 1.2rem;background:#0b57d0;color:#fff;\
+         border-radius:.3rem;text-decoration:none\">{}</a></p>",
+        crate::web::escape_html(&state.settings.oidc_provider_display_name)
+    );
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::web::page("Signed out", &body),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Serialize)]

@@ -66,7 +66,8 @@ async fn bearer(State(state): State<AppState>, body: Bytes) -> Result<Response, 
             "the account {username} is deactivated"
         )));
     }
-    if let Some(user) = state.store.user_by_name(&username).await? {
+    // A row a grant created (the user never signed in) does not skip the gate.
+    if let Some(user) = state.store.admitted_user(&username).await? {
         return Ok(Json(identity(user.username, user.is_admin)).into_response());
     }
     if !settings.oidc_provision_on_bearer_auth {
