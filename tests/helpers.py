@@ -371,3 +371,24 @@ def run_client_script(stack, env: dict, script: str, *args) -> dict:
                           text=True, timeout=300, cwd=pathlib.Path(stack.base_dir))
     assert done.returncode == 0, f"client script failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- the policy service under other settings ------------------------------------------------
+class service_settings:
+    """`with service_settings(stack, NAME=value, ...)`: the policy service restarted with
+    these settings on top of its own, and restarted as it was afterwards."""
+
+    def __init__(self, stack, **env: str):
+        self.stack, self.env = stack, env
+
+    def __enter__(self):
+        self.saved = dict(self.stack.service_env)
+        self.stack.stop_service()
+        self.stack.service_env = {**self.saved, **self.env}
+        self.stack.start_service()
+        return self.stack
+
+    def __exit__(self, *exc):
+        self.stack.stop_service()
+        self.stack.service_env = self.saved
+        self.stack.start_service()

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from helpers import (API, TIMEOUT, access_token, client_env, grant, login, new_idp_user,
-                     pattern_grant, revoke, run_client_script)
+                     pattern_grant, revoke, run_client_script, service_settings)
 from local_stack import USER_GROUP
 
 SETUP = r"""
@@ -264,20 +264,58 @@ def test_the_source_order_changes_the_outcome(stack, admin):
                             headers=API, timeout=TIMEOUT).status_code
 
     assert create_run() == 403
-    before = stack.service_env.get("PERMISSION_SOURCE_ORDER")
-    stack.stop_service()
-    stack.service_env["PERMISSION_SOURCE_ORDER"] = "group,user,regex,group-regex"
-    try:
-        stack.start_service()
+    with service_settings(stack, PERMISSION_SOURCE_ORDER="group,user,regex,group-regex"):
         # The restarted service moves the policy epoch, so no VM keeps the old decision.
-        deadline = time.monotonic() + 5
-        while create_run() != 200:
-            assert time.monotonic() < deadline, "group-first order did not let the group's EDIT decide"
-            time.sleep(0.2)
-    finally:
-        stack.stop_service()
-        if before is None:
-            stack.service_env.pop("PERMISSION_SOURCE_ORDER", None)
-        else:
-            stack.service_env["PERMISSION_SOURCE_ORDER"] = before
-        stack.start_service()
+        assert within(5.0, lambda: create_run() == 200), "group-first order did not let the group's EDIT decide"
+
+
+def test_the_default_permission_applies_where_no_grant_does(stack):
+    owner = login(stack, new_idp_user(stack, [USER_GROUP], "owner"))
+    exp = owner.post(f"{stack.url}/api/2.0/mlflow/experiments/create", json={"name": f"dflt-{uuid.uuid4().hex[:8]}"},
+                     headers=API, timeout=TIMEOUT).json()["experiment_id"]
+    nobody = login(stack, new_idp_user(stack, [USER_GROUP], "nobody"))
+    get = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id={exp}"
+    assert nobody.get(get, headers=API, timeout=TIMEOUT).status_code == 403
+    with service_settings(stack, DEFAULT_MLFLOW_PERMISSION="READ"):
+        assert within(5.0, lambda: nobody.get(get, headers=API, timeout=TIMEOUT).status_code == 200)
+        r = nobody.post(f"{stack.url}/api/2.0/mlflow/runs/create", json={"experiment_id": exp}, headers=API,
+                        timeout=TIMEOUT)
+        assert r.status_code == 403 and "from fallback" in r.json()["message"], r.text[:300]
+        log = (stack.log_path("service")).read_text()
+        assert "DEFAULT_MLFLOW_PERMISSION" in log and "READ" in log
+
+
+def test_the_creators_groups_get_the_default_group_permission(stack):
+    # Every group of the creator gets it, the sign-in group too: so the stranger signs
+    # in through another allowed group, sharing none with the maker.
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    with service_settings(stack, DEFAULT_MLFLOW_GROUP_PERMISSION="READ",
+                          OIDC_GROUP_NAME=f"{USER_GROUP},outsiders"):
+        maker = login(stack, new_idp_user(stack, [USER_GROUP, team], "maker"))
+        mate = login(stack, new_idp_user(stack, [team, "outsiders"], "mate"))
+        stranger = login(stack, new_idp_user(stack, ["outsiders"], "stranger"))
+        exp = maker.post(f"{stack.url}/api/2.0/mlflow/experiments/create",
+                         json={"name": f"grp-dflt-{uuid.uuid4().hex[:8]}"}, headers=API,
+                         timeout=TIMEOUT).json()["experiment_id"]
+        get = f"{stack.url}/api/2.0/mlflow/experiments/get?experiment_id={exp}"
+        assert mate.get(get, headers=API, timeout=TIMEOUT).status_code == 200
+        assert stranger.get(get, headers=API, timeout=TIMEOUT).status_code == 403
+        r = mate.post(f"{stack.url}/api/2.0/mlflow/runs/create", json={"experiment_id": exp}, headers=API,
+                      timeout=TIMEOUT)
+        assert r.status_code == 403, "the group default is READ, not EDIT"
+
+
+def test_a_large_artifact_upload_streams_through(stack):
+    """Bigger than Envoy's per-connection buffer (8 MiB): it only passes if the filter
+    never holds the body, even when the decision needs a callout."""
+    owner = login(stack, new_idp_user(stack, [USER_GROUP], "uploader"))
+    exp = owner.post(f"{stack.url}/api/2.0/mlflow/experiments/create", json={"name": f"big-{uuid.uuid4().hex[:8]}"},
+                     headers=API, timeout=TIMEOUT).json()["experiment_id"]
+    run = owner.post(f"{stack.url}/api/2.0/mlflow/runs/create", json={"experiment_id": exp}, headers=API,
+                     timeout=TIMEOUT).json()["run"]["info"]["run_id"]
+    payload = bytes(range(256)) * (24 * 4096)  # 24 MiB
+    url = f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/{exp}/{run}/artifacts/big.bin"
+    put = owner.put(url, data=payload, headers={"Content-Type": "application/octet-stream"}, timeout=120)
+    assert put.status_code == 200, put.text[:300]
+    back = owner.get(url, timeout=120)
+    assert back.status_code == 200 and back.content == payload
