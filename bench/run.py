@@ -3,8 +3,8 @@
 
 One Envoy under test (one worker, pinned to CPU 0) has a listener per case; wrk
 (pinned to CPU 1) drives each in turn, cases interleaved over several rounds. A
-second Envoy plays the fast upstream and the IdP (discovery + JWKS as direct
-responses). Prints req/s and Envoy CPU per request, each as a ratio to the same
+second Envoy plays the fast upstream, the IdP (discovery + JWKS) and the policy
+service (decide, epoch) as direct responses; every request is a READ on experiment 1. Prints req/s and Envoy CPU per request, each as a ratio to the same
 path without a filter. Figures, not a pass/fail test.
 """
 import argparse
@@ -30,6 +30,9 @@ FILTER = ROOT / "target/wasm32-wasip1/release/mlflow_edge_authz.wasm"
 NOOP = ROOT / "target/wasm32-wasip1/release/noop_filter.wasm"
 KID = "bench-key"
 TOKENS = 20000
+# What every request asks: a READ decision on experiment 1 (the common case of an MLflow
+# client or the UI reading an experiment), cached after each user's first request.
+BENCH_PATH = "/api/2.0/mlflow/experiments/get?experiment_id=1"
 
 
 def b64u_int(n: int) -> str:
@@ -132,24 +135,32 @@ def main():
     (work / "one-forged.txt").write_text(forged[0] + "\n")
     (work / "none.txt").write_text("\n")
     lua = work / "tokens.lua"
-    lua.write_text("""
+    lua.write_text(f"""
+local PATH = "{BENCH_PATH}"
+""" + """
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS_FILE")) do if #line > 0 then tokens[#tokens + 1] = line end end
 -- Each run starts where the last run of its case stopped: a "new" token is never one
 -- an earlier run already got verified (and cached).
 local i = tonumber(os.getenv("TOKENS_OFFSET") or "0")
 request = function()
-  if #tokens == 0 then return wrk.format("GET", "/api/2.0/mlflow/experiments/search") end
+  if #tokens == 0 then return wrk.format("GET", PATH) end
   i = i + 1
-  return wrk.format("GET", "/api/2.0/mlflow/experiments/search", {["Authorization"] = "Bearer " .. tokens[(i - 1) % #tokens + 1]})
+  return wrk.format("GET", PATH, {["Authorization"] = "Bearer " .. tokens[(i - 1) % #tokens + 1]})
 end
 """)
 
-    # The upstream and the IdP: a second Envoy with direct responses.
+    # The upstream, the IdP and the policy service: a second Envoy with direct responses.
+    # Every user may READ experiment 1, at an epoch that never moves: after the first
+    # request of a user, decisions come from the filter's cache.
     discovery = {"issuer": issuer, "jwks_uri": f"{issuer}/jwks"}
+    decided = {"epoch": 1, "admin": False,
+               "answers": [{"permission": "READ", "source": "user", "resource": {"kind": "experiment", "id": "1"}}]}
     up_routes = [
         {"match": {"path": "/.well-known/openid-configuration"}, "direct_response": {"status": 200, "body": {"inline_string": json.dumps(discovery)}}},
         {"match": {"path": "/jwks"}, "direct_response": {"status": 200, "body": {"inline_string": json.dumps(jwks)}}},
+        {"match": {"path": "/authz/v1/decide"}, "direct_response": {"status": 200, "body": {"inline_string": json.dumps(decided)}}},
+        {"match": {"path": "/authz/v1/epoch"}, "direct_response": {"status": 200, "body": {"inline_string": json.dumps({"epoch": 1})}}},
     ] + DIRECT
     up_conf = {"admin": {"address": addr(up_admin)}, "static_resources": {"listeners": [listener("up", up_port, up_routes, [])]}}
 

@@ -543,6 +543,11 @@ impl Http {
                     self.path
                 );
             }
+            Pending::Report => {
+                // The event moved the epoch: this VM drops its decisions now, so the
+                // user's next call here sees the change (other VMs at their next poll).
+                let _ = self.authz.borrow_mut().epoch_polled(status, body, now_ms());
+            }
             _ => {}
         }
         self.phase = Phase::Forwarded;
