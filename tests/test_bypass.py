@@ -111,3 +111,12 @@ def test_anonymous_requests_never_reach_mlflow(stack, access_log):
     r = requests.get(f"{stack.url}/api/2.0/mlflow/experiments/search?probe={mark}", headers=API, timeout=TIMEOUT)
     assert r.status_code == 401
     access_log.assert_mlflow_never_saw(mark)
+
+
+def test_a_body_larger_than_the_filter_reads_is_refused(stack, access_log, setting):
+    # A JSON body the filter must read for ids, past its max_body_bytes (4 MiB).
+    padding = "x" * (5 * 1024 * 1024)
+    r = refused(stack, access_log, setting, "POST", "/api/2.0/mlflow/runs/create", expect=(413,),
+                data=f'{{"experiment_id": "{setting["A"]}", "run_name": "{padding}"}}',
+                headers={"Content-Type": "application/json"})
+    assert "larger than" in r.json()["message"], r.text[:300]
