@@ -192,6 +192,10 @@ pub enum Listing {
     LoggedModels,
     /// `GET /api/2.0/mlflow-artifacts/artifacts` at the root: one entry per experiment.
     ArtifactRoot,
+    /// A `/graphql` answer: in every array under a key `modelVersions` (a run's
+    /// model versions), only the versions of registered models the user may read.
+    /// No paging.
+    GraphqlModelVersions,
 }
 
 /// A JSON Web Key Set (RFC 7517), as the IdP and the policy service publish it.

@@ -147,7 +147,9 @@ def test_routes_in_scope_are_not_admins_only(table):
     ("POST", "/ajax-api/3.0/mlflow/assistant/message", "admin_only"),
     ("GET", "/api/3.0/mlflow/mcp-servers", "admin_only"),
     ("GET", "/api/3.0/mlflow/workspaces", "admin_only"),
-    ("POST", "/graphql", "admin_only"),
+    ("POST", "/graphql", "resources"),
+    ("GET", "/graphql", "resources"),
+    ("PUT", "/graphql", "admin_only"),
     ("GET", "/api/2.0/mlflow/users/current", "authenticated"),
     ("GET", "/api/2.0/mlflow/no-such-route", "admin_only"),
 ])

@@ -118,6 +118,9 @@ pub async fn filter_listing(
     readable: &impl Readable,
     pages: &impl Pages,
 ) -> Result<String, ListingError> {
+    if req.listing == Listing::GraphqlModelVersions {
+        return filter_graphql_model_versions(req, readable).await;
+    }
     match route(req.listing) {
         Some(route) => filter_search(route, req, readable, pages).await,
         None => filter_artifact_root(req, readable).await,
@@ -190,7 +193,7 @@ fn route(listing: Listing) -> Option<Route> {
             tokens: TokenFormat::LoggedModels,
             row_key: logged_model_row,
         },
-        Listing::ArtifactRoot => return None,
+        Listing::ArtifactRoot | Listing::GraphqlModelVersions => return None,
     })
 }
 
@@ -806,6 +809,109 @@ async fn filter_artifact_root(
     })
 }
 
+// ---------------------------------------------------------------------------
+// GraphQL answers: a run's model versions, no paging
+
+/// The key of a run's model versions in a GraphQL answer. The filter refuses (to
+/// non-admins) a query that renames the field or gives its name to another, and one
+/// whose `modelVersions` does not select `name` as it is.
+const GRAPHQL_MODEL_VERSIONS: &str = "modelVersions";
+
+/// What the versions under `modelVersions` keys name: every registered model, and
+/// whether some version names none (it is dropped).
+fn graphql_version_names<'v>(value: &'v Value, names: &mut Vec<&'v str>, unnamed: &mut bool) {
+    match value {
+        Value::Object(object) => {
+            for (key, inner) in object {
+                if key == GRAPHQL_MODEL_VERSIONS {
+                    if let Value::Array(versions) = inner {
+                        for version in versions {
+                            match version.get("name").and_then(Value::as_str) {
+                                Some(name) if !name.is_empty() => names.push(name),
+                                _ => *unnamed = true,
+                            }
+                        }
+                    }
+                }
+                graphql_version_names(inner, names, unnamed);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                graphql_version_names(item, names, unnamed);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keeps, in every array under a `modelVersions` key, the versions whose `name` is
+/// in `readable`.
+fn retain_graphql_versions(value: &mut Value, readable: &HashSet<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, inner) in object.iter_mut() {
+                if key == GRAPHQL_MODEL_VERSIONS {
+                    if let Value::Array(versions) = inner {
+                        versions.retain(|version| {
+                            version
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .is_some_and(|name| readable.contains(name))
+                        });
+                    }
+                }
+                retain_graphql_versions(inner, readable);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                retain_graphql_versions(item, readable);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A `/graphql` answer (`{"data": ..., "errors": ...}`): in every array under a
+/// `modelVersions` key, only the versions of registered models the user may read;
+/// everything else as MLflow wrote it (verbatim when nothing is dropped).
+///
+/// A version is judged as a registered model: the answer cannot tell a prompt's
+/// version, and MLflow leaves prompts out of a run's `modelVersions` (it searches
+/// versions without the prompt tag).
+async fn filter_graphql_model_versions(
+    req: &ListingRequest,
+    readable: &impl Readable,
+) -> Result<String, ListingError> {
+    const WHAT: &str = "GraphQL answer";
+    let mut answer = serde_json::from_str::<Value>(&req.response_body)
+        .map_err(|err| ListingError::MalformedAnswer(format!("{WHAT} is not JSON: {err}")))?;
+    let mut names = Vec::new();
+    let mut unnamed = false;
+    graphql_version_names(&answer, &mut names, &mut unnamed);
+    if names.is_empty() && !unnamed {
+        return Ok(req.response_body.clone());
+    }
+    let keys: Vec<RowKey> = names
+        .iter()
+        .map(|name| (ListedKind::RegisteredModel, (*name).to_owned()))
+        .collect();
+    let allowed = Verdicts::new(readable).of(&keys).await?;
+    if !unnamed && allowed.iter().all(|ok| *ok) {
+        return Ok(req.response_body.clone());
+    }
+    let readable_names: HashSet<String> = keys
+        .into_iter()
+        .zip(allowed)
+        .filter(|(_, ok)| *ok)
+        .map(|((_, name), _)| name)
+        .collect();
+    retain_graphql_versions(&mut answer, &readable_names);
+    serde_json::to_string(&answer)
+        .map_err(|err| ListingError::MalformedAnswer(format!("{WHAT} cannot be written: {err}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,6 +935,7 @@ mod tests {
             Listing::ModelVersions => "model_versions",
             Listing::LoggedModels => "models",
             Listing::ArtifactRoot => "files",
+            Listing::GraphqlModelVersions => "modelVersions",
         }
     }
 
@@ -1032,7 +1139,7 @@ mod tests {
         match listing {
             Listing::Experiments => row["experiment_id"].as_str().unwrap().to_owned(),
             Listing::RegisteredModels => row["name"].as_str().unwrap().to_owned(),
-            Listing::ModelVersions => format!(
+            Listing::ModelVersions | Listing::GraphqlModelVersions => format!(
                 "{}/{}",
                 row["name"].as_str().unwrap(),
                 row["version"].as_str().unwrap()
@@ -1049,6 +1156,7 @@ mod tests {
             Listing::ModelVersions => "/api/2.0/mlflow/model-versions/search",
             Listing::LoggedModels => "/api/2.0/mlflow/logged-models/search",
             Listing::ArtifactRoot => "/api/2.0/mlflow-artifacts/artifacts",
+            Listing::GraphqlModelVersions => "/graphql",
         }
     }
 
@@ -1591,6 +1699,151 @@ mod tests {
             filter_listing(&req, &readable, &mlflow).await.unwrap(),
             "{}"
         );
+    }
+
+    // ----- GraphQL answers -------------------------------------------------------------
+
+    fn version(name: &str, number: &str) -> Value {
+        serde_json::json!({"status": "READY", "version": number, "name": name, "source": format!("models:/m-{number}"), "__typename": "MlflowModelVersion"})
+    }
+
+    async fn graphql(answer: &Value, readable: &FakeReadable) -> Result<Value, ListingError> {
+        let mlflow = FakeMlflow::new(Listing::GraphqlModelVersions, Vec::new());
+        let body = serde_json::json!({"query": "query GetRun { ... }", "operationName": "GetRun"})
+            .to_string();
+        let req = request(
+            Listing::GraphqlModelVersions,
+            "POST",
+            "",
+            Some(&body),
+            &answer.to_string(),
+        );
+        let out = filter_listing(&req, readable, &mlflow).await;
+        assert_eq!(mlflow.fetches(), 0, "a graphql answer is never paged");
+        out.map(|text| serde_json::from_str(&text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn graphql_model_versions_keep_readable_registered_models_only() {
+        let readable = FakeReadable::new([(ListedKind::RegisteredModel, "mine".to_owned())]);
+        // mlflowGetRun: one run, its versions of two models.
+        let answer = serde_json::json!({
+            "data": {"mlflowGetRun": {
+                "apiError": null,
+                "run": {
+                    "info": {"runUuid": "r1", "experimentId": "1"},
+                    "modelVersions": [version("mine", "1"), version("theirs", "1"), version("mine", "2")],
+                    "data": {"tags": [{"key": "name", "value": "theirs"}]},
+                },
+            }},
+            "errors": null,
+        });
+        let out = graphql(&answer, &readable).await.unwrap();
+        let mut expected = answer.clone();
+        expected["data"]["mlflowGetRun"]["run"]["modelVersions"] =
+            serde_json::json!([version("mine", "1"), version("mine", "2")]);
+        assert_eq!(out, expected);
+        // Asked once per name, as registered models.
+        assert_eq!(
+            readable.calls.lock().unwrap().clone(),
+            vec![(
+                ListedKind::RegisteredModel,
+                vec!["mine".to_owned(), "theirs".to_owned()]
+            )]
+        );
+
+        // mlflowSearchRuns under aliases: every run's versions, wherever they are.
+        let answer = serde_json::json!({"data": {
+            "a": {"runs": [
+                {"info": {"runUuid": "r1"}, "modelVersions": [version("theirs", "3")]},
+                {"info": {"runUuid": "r2"}, "modelVersions": [version("mine", "4"), version("other", "1")]},
+                {"info": {"runUuid": "r3"}, "modelVersions": []},
+                {"info": {"runUuid": "r4"}, "modelVersions": null},
+            ]},
+            "b": {"runs": [{"modelVersions": [version("mine", "5")]}]},
+        }});
+        let out = graphql(&answer, &readable).await.unwrap();
+        assert_eq!(
+            out["data"]["a"]["runs"][0]["modelVersions"],
+            serde_json::json!([])
+        );
+        assert_eq!(
+            out["data"]["a"]["runs"][1]["modelVersions"],
+            serde_json::json!([version("mine", "4")])
+        );
+        assert_eq!(
+            out["data"]["a"]["runs"][2]["modelVersions"],
+            serde_json::json!([])
+        );
+        assert_eq!(out["data"]["a"]["runs"][3]["modelVersions"], Value::Null);
+        assert_eq!(
+            out["data"]["b"]["runs"][0]["modelVersions"],
+            serde_json::json!([version("mine", "5")])
+        );
+        assert_eq!(out["data"]["a"]["runs"][1]["info"]["runUuid"], "r2");
+    }
+
+    #[tokio::test]
+    async fn graphql_answers_with_nothing_to_drop_are_verbatim() {
+        let readable = FakeReadable::new([(ListedKind::RegisteredModel, "mine".to_owned())]);
+        let mlflow = FakeMlflow::new(Listing::GraphqlModelVersions, Vec::new());
+        for answer in [
+            // MLflow's own spacing and key order, every version readable.
+            r#"{"data":{"mlflowGetRun":{"run":{"modelVersions":[{"name":"mine","version":"1"}],"info":{"runUuid":"r1"}}}},"errors":null}"#,
+            // No versions at all, an error answer, a denied field.
+            r#"{"data":{"mlflowGetRun":{"run":{"modelVersions":[]}}},"errors":null}"#,
+            r#"{"data":null,"errors":["Run with id=x not found"]}"#,
+            r#"{"data":{"mlflowGetRun":null},"errors":null}"#,
+        ] {
+            let req = request(
+                Listing::GraphqlModelVersions,
+                "POST",
+                "",
+                Some("{}"),
+                answer,
+            );
+            assert_eq!(
+                filter_listing(&req, &readable, &mlflow).await.unwrap(),
+                answer
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn graphql_versions_without_a_name_are_dropped_and_bad_answers_refused() {
+        let readable = FakeReadable::new([(ListedKind::RegisteredModel, "mine".to_owned())]);
+        let answer = serde_json::json!({"data": {"mlflowGetRun": {"run": {"modelVersions": [
+            {"version": "1"}, {"name": "", "version": "2"}, {"name": 5}, "mine", version("mine", "3"),
+        ]}}}});
+        let out = graphql(&answer, &readable).await.unwrap();
+        assert_eq!(
+            out["data"]["mlflowGetRun"]["run"]["modelVersions"],
+            serde_json::json!([version("mine", "3")])
+        );
+        // A `modelVersions` that is not a list is left alone.
+        let answer = serde_json::json!({"data": {"x": {"modelVersions": {"name": "theirs"}}}});
+        assert_eq!(graphql(&answer, &readable).await.unwrap(), answer);
+
+        let mlflow = FakeMlflow::new(Listing::GraphqlModelVersions, Vec::new());
+        let req = request(Listing::GraphqlModelVersions, "POST", "", None, "<html>");
+        let err = filter_listing(&req, &readable, &mlflow).await.unwrap_err();
+        assert!(
+            matches!(&err, ListingError::MalformedAnswer(m) if m.contains("GraphQL answer is not JSON")),
+            "{err}"
+        );
+        // The resolver failing is an error, never the unfiltered answer.
+        let answer = serde_json::json!({"data": {"run": {"modelVersions": [version("a", "1")]}}});
+        let req = request(
+            Listing::GraphqlModelVersions,
+            "POST",
+            "",
+            None,
+            &answer.to_string(),
+        );
+        let err = filter_listing(&req, &FixedReadable(vec![]), &mlflow)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ListingError::Permissions(_)), "{err}");
     }
 
     // ----- malformed input ------------------------------------------------------------

@@ -9,9 +9,11 @@
 //! path, is refused rather than guessed at; ids are read where MLflow reads them (path
 //! parameter, else a GET's non-empty query string, else the JSON body) and every other
 //! value of the same field, in any source and either spelling, must pass too. See
-//! `request` for the reading, `artifacts` for artifact paths, `table` for the routes.
+//! `request` for the reading, `artifacts` for artifact paths, `table` for the routes,
+//! `graphql` for what a `/graphql` request asks.
 
 mod artifacts;
+mod graphql;
 mod request;
 mod table;
 

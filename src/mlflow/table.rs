@@ -3,7 +3,8 @@
 //! prefix; `/ajax-api` is the same route.
 //!
 //! In scope today: experiments (runs, metrics, params, tags, artifacts, logged models,
-//! traces), registered models and their versions, prompts. Every other MLflow family
+//! traces), registered models and their versions, prompts, and the `/graphql` queries
+//! MLflow's UI asks (decided per root field). Every other MLflow family
 //! is open to admins only (`FAMILIES`), and so is anything the table does not know.
 
 use serde_json::{Map, Value};
@@ -248,6 +249,10 @@ pub(crate) static RULES: &[Rule] = &[
     rule("DELETE", "api/2.0/mlflow/model-versions/delete", "DeleteModelVersion", Proto, Model(Manage)),
     rule("POST", "api/2.0/mlflow/model-versions/set-tag", "SetModelVersionTag", Proto, ModelTag(Edit)),
     rule("DELETE", "api/2.0/mlflow/model-versions/delete-tag", "DeleteModelVersionTag", Proto, ModelTag(Manage)),
+    // GraphQL: decided per root field of the query (`graphql`). MLflow reads the JSON
+    // body for a GET too.
+    rule("GET", "graphql", "graphql", Json, Custom(graphql)),
+    rule("POST", "graphql", "graphql", Json, Custom(graphql)),
     // Out of scope for now, with MLflow's own routes named in FAMILIES below.
     rule("POST", "v1/traces", "otlp-traces", NoIds, Admin("otlp trace ingest (/v1/traces) is open to admins only for now")),
 ];
@@ -304,7 +309,6 @@ pub(crate) static FAMILIES: &[Family] = &[
     family("api/3.0/mlflow/workspaces", "workspaces", FamilyAccess::Admin("workspace routes are open to admins only for now")),
     family("api/3.0/mlflow/mcp-servers", "mcp-servers", FamilyAccess::Admin("mcp server routes are open to admins only for now")),
     family("api/3.0/mlflow/assistant", "assistant", FamilyAccess::Admin("assistant routes are open to admins only for now")),
-    family("graphql", "graphql", FamilyAccess::Admin("graphql is open to admins only for now")),
 ];
 
 /// Matches `segments` (the request path's non-empty segments, `/ajax-api` read as
@@ -516,6 +520,12 @@ fn list_artifact_root(req: &Req) -> Result<Decision, RequestError> {
     } else {
         decision
     })
+}
+
+/// `/graphql`: what the query's root fields need (see `graphql`).
+fn graphql(req: &Req) -> Result<Decision, RequestError> {
+    let (access, after) = super::graphql::decide(req.method, &req.query, &req.body)?;
+    Ok(Decision { access, after })
 }
 
 fn create_experiment(_req: &Req) -> Result<Decision, RequestError> {

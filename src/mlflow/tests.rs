@@ -1451,8 +1451,6 @@ fn other_mlflow_families_are_open_to_admins_only() {
             "assistant",
         ),
         ("GET", "/api/3.0/mlflow/gateway/budgets/list", "gateway"),
-        ("POST", "/graphql", "graphql"),
-        ("GET", "/graphql", "graphql"),
         ("POST", "/v1/traces", "otlp"),
     ] {
         let routed = route(method, path);
