@@ -45,6 +45,26 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A callout's status: 0 when it has no headers (timed out, or the connection failed).
+fn callout_status(num_headers: usize) -> u32 {
+    if num_headers == 0 {
+        return 0;
+    }
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The first `size` bytes of a callout's answer.
+fn callout_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Keys another VM of this Envoy already fetched.
 fn adopt_shared(auth: &mut Authenticator, which: KeyFetch) -> bool {
     match hostcalls::get_shared_data(shared_key(which)) {
@@ -121,21 +141,8 @@ impl Context for Root {
     ) {
         self.epoch_in_flight = false;
         let Some(authz) = &self.authz else { return };
-        let status = if num_headers == 0 {
-            0
-        } else {
-            self.get_http_call_response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0)
-        };
-        let body = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(MAX_CALLOUT_BODY),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let status = callout_status(num_headers);
+        let body = callout_body(body_size.min(MAX_CALLOUT_BODY));
         if let Err(e) = authz.borrow_mut().epoch_polled(status, &body, now_ms()) {
             log::debug!("{e}");
         }
@@ -715,14 +722,7 @@ impl Context for Http {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        // No headers: the callout timed out or the connection failed.
-        let status: u32 = if num_headers == 0 {
-            0
-        } else {
-            self.get_http_call_response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0)
-        };
+        let status = callout_status(num_headers);
         // A filtered search answer is as large as MLflow's; everything else is small.
         let limit = match pending {
             Pending::Listing => self.auth.borrow().settings.max_body_bytes,
@@ -738,14 +738,7 @@ impl Context for Http {
             self.resume_after(action);
             return;
         }
-        let body = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::HttpCallResponseBody,
-            0,
-            body_size,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let body = callout_body(body_size);
         let now = now_ms();
         if matches!(pending, Pending::Listing | Pending::Report) {
             self.held_response_done(pending, status, &body);
