@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use crate::authn::{Authenticator, Headers, KeyFetch, KeyRecord, Outcome};
 use crate::authz::{Authorizer, Verdict};
 use crate::cache::Identity;
-use crate::mlflow::{self, Access, After, Plan, Routed};
+use crate::mlflow::{self, Access, After, Plan, Planner, Routed};
 use crate::reply::Reply;
 use crate::settings::{Settings, Target};
 use crate::wire::{
@@ -28,6 +28,8 @@ proxy_wasm::main! {{
 }}
 
 const METRIC_PREFIX: &str = "mlflow_authz";
+/// Request lines whose route and plan each VM keeps.
+const PLANS_KEPT: usize = 2048;
 /// Largest callout answer read (a JWKS or a discovery document).
 const MAX_CALLOUT_BODY: usize = 256 * 1024;
 
@@ -80,6 +82,7 @@ fn adopt_shared(auth: &mut Authenticator, which: KeyFetch) -> bool {
 struct Root {
     auth: Option<Rc<RefCell<Authenticator>>>,
     authz: Option<Rc<RefCell<Authorizer>>>,
+    planner: Option<Rc<RefCell<Planner>>>,
     /// Metric ids and the values already flushed.
     metrics: Vec<(u32, u64)>,
     /// When the policy epoch was last asked for (ms), and whether that call is out.
@@ -180,6 +183,7 @@ impl RootContext for Root {
         let tick = auth.settings.epoch_poll_interval_ms.min(1_000);
         self.auth = Some(Rc::new(RefCell::new(auth)));
         self.authz = Some(Rc::new(RefCell::new(authz)));
+        self.planner = Some(Rc::new(RefCell::new(Planner::new(PLANS_KEPT))));
         self.metrics = self
             .counters()
             .iter()
@@ -214,8 +218,11 @@ impl RootContext for Root {
         Some(Box::new(Http {
             auth: self.auth.clone()?,
             authz: self.authz.clone()?,
+            planner: self.planner.clone()?,
             pending: None,
             set_cookie: None,
+            request_headers: Vec::new(),
+            now: 0,
             method: String::new(),
             path: String::new(),
             routed: None,
@@ -267,9 +274,15 @@ enum Phase {
 struct Http {
     auth: Rc<RefCell<Authenticator>>,
     authz: Rc<RefCell<Authorizer>>,
+    planner: Rc<RefCell<Planner>>,
     pending: Option<Pending>,
     /// A renewed session cookie to hand to the browser with the response.
     set_cookie: Option<String>,
+    /// The request's headers as they came (see [`Headers`] below).
+    request_headers: Vec<(String, String)>,
+    /// The clock when the request was last looked at: one host call serves the
+    /// credential check and the decision.
+    now: u64,
     method: String,
     path: String,
     routed: Option<Routed>,
@@ -283,10 +296,13 @@ struct Http {
 }
 
 impl Headers for Http {
+    /// From the copy taken when the request came in (one host call for all of them,
+    /// not one per header); the first value, as Envoy's own lookup gives.
     fn get(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        self.request_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -297,7 +313,8 @@ impl Http {
         // Each round either ends the request or waits for a callout; adopting
         // another VM's keys is the only reason to go round again.
         for _ in 0..3 {
-            let outcome = auth.borrow_mut().authenticate(self, now_ms());
+            self.now = now_ms();
+            let outcome = auth.borrow_mut().authenticate(self, self.now);
             match outcome {
                 outcome @ (Outcome::Allow(_) | Outcome::Public | Outcome::Deny(_)) => {
                     return self.act_on(outcome)
@@ -379,13 +396,20 @@ impl Http {
         }
     }
 
+    /// The request's route, matched once.
+    fn routed(&mut self) -> Routed {
+        if let Some(routed) = &self.routed {
+            return routed.clone();
+        }
+        let routed = self.planner.borrow_mut().route(&self.method, &self.path);
+        self.routed = Some(routed.clone());
+        routed
+    }
+
     /// The user is known: plan the request (once its body is in, when the route
     /// reads it) and decide.
     fn authorize(&mut self) -> Action {
-        let routed = self
-            .routed
-            .get_or_insert_with(|| mlflow::route(&self.method, &self.path))
-            .clone();
+        let routed = self.routed();
         if routed.reads_body() && !self.request_ended {
             // The proxy-wasm ABI delivers no body while the headers are held, so the
             // headers go on now (MLflow acts on nothing without the body) and the body
@@ -394,7 +418,11 @@ impl Http {
             self.phase = Phase::WaitingBody;
             return Action::Continue;
         }
-        let plan = match mlflow::plan(&routed, &self.method, &self.path, self.body.as_deref()) {
+        let planned =
+            self.planner
+                .borrow_mut()
+                .plan(&routed, &self.method, &self.path, self.body.as_deref());
+        let plan = match planned {
             Ok(plan) => plan,
             Err(e) => return self.answer(&Reply::bad_request(&e.message)),
         };
@@ -406,11 +434,11 @@ impl Http {
             After::Filter(_) if open_listing => self
                 .authz
                 .borrow_mut()
-                .decide_listing(&user.username, now_ms()),
+                .decide_listing(&user.username, self.now),
             _ => self
                 .authz
                 .borrow_mut()
-                .decide(&user.username, &plan.access, now_ms()),
+                .decide(&user.username, &plan.access, self.now),
         };
         self.plan = Some(plan);
         self.act_on_verdict(verdict)
@@ -813,6 +841,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.request_headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
         self.method = self.get(":method").unwrap_or_default();
         self.path = self.get(":path").unwrap_or_default();
         self.request_ended = end_of_stream;
@@ -829,10 +858,7 @@ impl HttpContext for Http {
         // for a callout, Envoy keeps the body itself under flow control (an artifact
         // upload is never buffered here); only routes that read ids from the body
         // get here before their decision.
-        let routed = self
-            .routed
-            .get_or_insert_with(|| mlflow::route(&self.method, &self.path))
-            .clone();
+        let routed = self.routed();
         if !routed.reads_body() {
             return Action::Pause;
         }
@@ -853,6 +879,7 @@ impl HttpContext for Http {
                 .flatten()
                 .or(Some(Vec::new()));
         if self.phase == Phase::WaitingBody {
+            self.now = now_ms();
             return self.authorize();
         }
         Action::Pause

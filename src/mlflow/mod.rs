@@ -14,6 +14,7 @@
 
 mod artifacts;
 mod graphql;
+mod planner;
 mod request;
 mod table;
 
@@ -22,6 +23,7 @@ use serde_json::Value;
 use crate::permission::{Requirement, ResourceKind};
 use crate::wire::{Listing, ResourceEvent};
 
+pub use planner::Planner;
 use request::{bad, parse_body, parse_query, split_request_line, Reads, Req};
 use table::{FamilyAccess, Spec, FAMILIES, RULES};
 
