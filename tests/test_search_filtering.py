@@ -76,3 +76,4 @@ def test_an_admin_sees_everything(stack, many):
                   params={"max_results": 3000, "filter": f"name LIKE '{many['prefix']}%'"}, headers=API,
                   timeout=TIMEOUT)
     assert r.status_code == 200 and len(r.json()["experiments"]) == TOTAL
+
