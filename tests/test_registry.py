@@ -100,3 +100,49 @@ def test_prompts_follow_their_own_grants(stack, registry):
     grant(stack, registry["admin"], f"{registry['reader_sub']}@example.com", name, "READ", kind="prompts")
     loaded = run_client_script(stack, reader_env, PROMPTS, "load", name)
     assert loaded.get("template") == "Hello {{name}}", loaded
+
+
+def test_versions_logged_models_and_the_artifact_root_show_only_what_the_user_may_read(stack, registry):
+    owner, reader, admin = registry["owner"], registry["reader"], registry["admin"]
+    api = f"{stack.url}/api/2.0/mlflow"
+    exp = owner.post(f"{api}/experiments/create", json={"name": f"reg-{registry['tag']}-exp"}, headers=API,
+                     timeout=TIMEOUT).json()["experiment_id"]
+    run = owner.post(f"{api}/runs/create", json={"experiment_id": exp}, headers=API,
+                     timeout=TIMEOUT).json()["run"]["info"]
+    put = owner.put(f"{stack.url}/api/2.0/mlflow-artifacts/artifacts/{exp}/{run['run_id']}/artifacts/model/x.txt",
+                    data=b"x", timeout=TIMEOUT)
+    assert put.status_code == 200, put.text[:300]
+    for name in registry["names"]:
+        r = owner.post(f"{api}/model-versions/create",
+                       json={"name": name, "source": run["artifact_uri"] + "/model", "run_id": run["run_id"]},
+                       headers=API, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+    r = owner.post(f"{api}/logged-models", json={"experiment_id": exp, "name": "lm"}, headers=API,
+                   timeout=TIMEOUT)
+    assert r.status_code == 200, r.text[:300]
+
+    def versions(who):
+        r = who.get(f"{api}/model-versions/search", params={"filter": f"name LIKE 'reg-{registry['tag']}-%'"},
+                    headers=API, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+        return sorted({v["name"] for v in r.json().get("model_versions", [])})
+
+    def logged_models(who):
+        r = who.post(f"{api}/logged-models/search", json={"experiment_ids": [exp]}, headers=API, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+        return [m["info"]["experiment_id"] for m in r.json().get("models", [])]
+
+    def artifact_root(who):
+        r = who.get(f"{stack.url}/api/2.0/mlflow-artifacts/artifacts", headers=API, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:300]
+        return {f["path"] for f in r.json().get("files", [])}
+
+    assert versions(owner) == registry["names"] and versions(reader) == [registry["names"][0]]
+    assert logged_models(owner) == [exp] and logged_models(reader) == []
+    assert exp in artifact_root(owner) and exp not in artifact_root(reader)
+    # A grant on the experiment opens both (within the epoch bound).
+    grant(stack, admin, f"{registry['reader_sub']}@example.com", exp, "READ")
+    deadline = time.monotonic() + 3
+    while exp not in artifact_root(reader) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert exp in artifact_root(reader) and logged_models(reader) == [exp]
