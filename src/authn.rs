@@ -194,7 +194,9 @@ pub struct Authenticator {
     pub stats: Stats,
 }
 
-enum Credential<'a> {
+/// A request's credential, by the filter's reading (the policy service reads the
+/// `Authorization` header the same way).
+pub enum Credential<'a> {
     Bearer(&'a str),
     /// `Authorization: Basic ...`, whole header value.
     Basic(&'a str),
@@ -725,7 +727,8 @@ fn session_identity(
     ))
 }
 
-fn parse_authorization(value: &str) -> Credential<'_> {
+/// Reads an `Authorization` header: Bearer, Basic, or a refusal saying why not.
+pub fn parse_authorization(value: &str) -> Credential<'_> {
     let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -742,7 +745,7 @@ fn parse_authorization(value: &str) -> Credential<'_> {
 }
 
 /// `Basic base64(username:token)`: the username lower-cased, as the service stores it.
-fn parse_basic(value: &str) -> Result<BasicCredential, &'static str> {
+pub fn parse_basic(value: &str) -> Result<BasicCredential, &'static str> {
     let encoded = value.trim().split_once(' ').map_or("", |(_, v)| v.trim());
     let decoded = base64_decode(encoded).ok_or("basic credentials are not valid base64")?;
     let text = String::from_utf8(decoded).map_err(|_| "basic credentials are not UTF-8")?;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use mlflow_edge_authz::wire::{self, ErrorBody};
 use thiserror::Error;
@@ -91,15 +90,11 @@ impl AppState {
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .merge(routes::auth::router())
-        .merge(routes::session::router())
-        .merge(routes::tokens::router())
-        .merge(routes::credentials::router())
-        .merge(routes::users::router())
-        .merge(routes::decisions::router())
-        .merge(routes::permissions::router())
+    routes::all()
+        .get("/health", health)
+        .into_parts()
+        .0
+        .merge(routes::ui::router())
         // The callback path comes from OIDC_REDIRECT_URI; the fallback serves it,
         // so no configured path can clash with a route.
         .fallback(routes::auth::callback_or_not_found)

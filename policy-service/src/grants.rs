@@ -204,6 +204,15 @@ fn epoch_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A direct grant on a resource, as "who has access" lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// `user` or `group`.
+    pub holder: String,
+    pub name: String,
+    pub permission: Permission,
+}
+
 /// What a pattern update did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatternUpdate {
@@ -222,6 +231,62 @@ const INSERT_USER: &str = "INSERT INTO users (username, display_name, is_admin, 
                            VALUES ($1, $1, $2, $3) ON CONFLICT (username) DO NOTHING";
 const INSERT_GROUP: &str =
     "INSERT INTO groups (group_name) VALUES ($1) ON CONFLICT (group_name) DO NOTHING";
+
+/// One row of the audit log, written in the transaction of the change it records.
+pub(crate) const INSERT_AUDIT: &str =
+    "INSERT INTO audit_log (at, actor, action, target, before, after) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Records a change in the audit log inside transaction `tx`: who (`actor`), what
+/// (`action`, e.g. `grant.update`), on what (`target`), the state before and after
+/// (JSON text, `None` when there was or is none).
+macro_rules! audit {
+    ($tx:ident, $actor:expr, $action:expr, $target:expr, $before:expr, $after:expr) => {
+        sqlx::query($crate::grants::INSERT_AUDIT)
+            .bind($crate::store::now())
+            .bind($actor)
+            .bind($action)
+            .bind($target)
+            .bind($before)
+            .bind($after)
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+pub(crate) use audit;
+
+/// How the audit log names a principal: `user alice@example.com`, `group ml`.
+pub fn principal_label(principal: Principal<'_>) -> String {
+    match principal {
+        Principal::User(name) => format!("user {name}"),
+        Principal::Group(name) => format!("group {name}"),
+    }
+}
+
+fn grant_target(kind: GrantKind, resource: &str, principal: Principal<'_>) -> String {
+    format!(
+        "{} {resource} for {}",
+        kind.as_sql().replace('_', " "),
+        principal_label(principal)
+    )
+}
+
+fn pattern_target(kind: ResourceKind, principal: Principal<'_>, id: i64) -> String {
+    format!(
+        "{} pattern {id} of {}",
+        pattern_kind(kind).replace('_', " "),
+        principal_label(principal)
+    )
+}
+
+fn permission_json(permission: Permission) -> String {
+    serde_json::json!({ "permission": permission }).to_string()
+}
+
+fn pattern_json(regex: &str, priority: i64, permission: Permission) -> String {
+    serde_json::json!({ "regex": regex, "priority": priority, "permission": permission })
+        .to_string()
+}
 
 impl Store {
     // ---- the policy epoch ------------------------------------------------------
@@ -355,6 +420,59 @@ impl Store {
         })
     }
 
+    // ---- who holds what (the management API's listings) ------------------------
+
+    /// Every direct grant on a resource: users' first, each sorted by name.
+    pub async fn grants_on(
+        &self,
+        kind: GrantKind,
+        resource: &str,
+    ) -> Result<Vec<Holder>, StoreError> {
+        let sql = "SELECT 'user' AS holder, u.username AS name, g.permission FROM grants g \
+                   JOIN users u ON u.id = g.user_id WHERE g.kind = $1 AND g.resource = $2 \
+                   UNION ALL \
+                   SELECT 'group' AS holder, gr.group_name AS name, g.permission FROM grants g \
+                   JOIN groups gr ON gr.id = g.group_id WHERE g.kind = $1 AND g.resource = $2 \
+                   ORDER BY holder DESC, name";
+        let rows: Vec<(String, String, String)> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(kind.as_sql())
+                .bind(resource)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(holder, name, permission)| {
+                Ok(Holder {
+                    holder,
+                    name,
+                    permission: level(&permission)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A group's direct grants of a kind: (resource, permission), by resource.
+    pub async fn grants_of_group(
+        &self,
+        kind: GrantKind,
+        group: &str,
+    ) -> Result<Vec<(String, Permission)>, StoreError> {
+        let sql = "SELECT g.resource, g.permission FROM grants g \
+                   JOIN groups gr ON gr.id = g.group_id \
+                   WHERE g.kind = $1 AND gr.group_name = $2 ORDER BY g.resource";
+        let rows: Vec<(String, String)> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(kind.as_sql())
+                .bind(group)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(resource, permission)| Ok((resource, level(&permission)?)))
+            .collect()
+    }
+
     // ---- direct grants ---------------------------------------------------------
 
     /// A principal's grant on a resource.
@@ -390,6 +508,7 @@ impl Store {
         principal: Principal<'_>,
         permission: Permission,
         now: i64,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -410,6 +529,14 @@ impl Store {
             if created == 0 {
                 return Ok(None);
             }
+            audit!(
+                tx,
+                actor,
+                "grant.create",
+                grant_target(kind, resource, principal),
+                None::<String>,
+                Some(permission_json(permission))
+            );
             let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(Some(epoch_of(epoch)))
@@ -423,7 +550,13 @@ impl Store {
         resource: &str,
         principal: Principal<'_>,
         permission: Permission,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError> {
+        let before_sql = by_name!(
+            principal,
+            "SELECT permission FROM grants WHERE kind = $1 AND resource = $2 AND ",
+            "$3"
+        );
         let sql = by_name!(
             principal,
             "UPDATE grants SET permission = $1 WHERE kind = $2 AND resource = $3 AND ",
@@ -431,18 +564,33 @@ impl Store {
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let changed = sqlx::query(sql)
+            // The write first (SQLite never upgrades a read); nothing is committed
+            // when there is no such grant.
+            let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
+            let before: Option<String> = sqlx::query_scalar(before_sql)
+                .bind(kind.as_sql())
+                .bind(resource)
+                .bind(principal.name())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(before) = before else {
+                return Ok(None);
+            };
+            sqlx::query(sql)
                 .bind(permission.as_str())
                 .bind(kind.as_sql())
                 .bind(resource)
                 .bind(principal.name())
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if changed == 0 {
-                return Ok(None);
-            }
-            let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
+                .await?;
+            audit!(
+                tx,
+                actor,
+                "grant.update",
+                grant_target(kind, resource, principal),
+                Some(permission_json(level(&before)?)),
+                Some(permission_json(permission))
+            );
             tx.commit().await?;
             Ok(Some(epoch_of(epoch)))
         })
@@ -454,24 +602,33 @@ impl Store {
         kind: GrantKind,
         resource: &str,
         principal: Principal<'_>,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError> {
         let sql = by_name!(
             principal,
             "DELETE FROM grants WHERE kind = $1 AND resource = $2 AND ",
-            "$3"
+            "$3",
+            " RETURNING permission"
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let deleted = sqlx::query(sql)
+            let before: Option<String> = sqlx::query_scalar(sql)
                 .bind(kind.as_sql())
                 .bind(resource)
                 .bind(principal.name())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if deleted == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(before) = before else {
                 return Ok(None);
-            }
+            };
+            audit!(
+                tx,
+                actor,
+                "grant.delete",
+                grant_target(kind, resource, principal),
+                Some(permission_json(level(&before)?)),
+                None::<String>
+            );
             let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(Some(epoch_of(epoch)))
@@ -529,6 +686,7 @@ impl Store {
 
     /// Creates a pattern grant (and the principal's row when missing); the new grant
     /// and epoch, or `None` when the principal already has this regex for this kind.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_pattern(
         &self,
         kind: ResourceKind,
@@ -537,6 +695,7 @@ impl Store {
         priority: i64,
         permission: Permission,
         now: i64,
+        actor: &str,
     ) -> Result<Option<(PatternGrant, u64)>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -557,6 +716,14 @@ impl Store {
             let Some(id) = id else {
                 return Ok(None);
             };
+            audit!(
+                tx,
+                actor,
+                "pattern.create",
+                pattern_target(kind, principal, id),
+                None::<String>,
+                Some(pattern_json(regex, priority, permission))
+            );
             let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             let grant = PatternGrant {
@@ -570,6 +737,7 @@ impl Store {
     }
 
     /// Replaces a pattern grant's regex, priority and level.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_pattern(
         &self,
         kind: ResourceKind,
@@ -578,7 +746,14 @@ impl Store {
         regex: &str,
         priority: i64,
         permission: Permission,
+        actor: &str,
     ) -> Result<PatternUpdate, StoreError> {
+        let before_sql = by_name!(
+            principal,
+            "SELECT id, regex, priority, permission FROM grant_patterns \
+             WHERE kind = $1 AND id = $2 AND ",
+            "$3"
+        );
         let sql = by_name!(
             principal,
             "UPDATE grant_patterns SET regex = $1, priority = $2, permission = $3 \
@@ -587,6 +762,18 @@ impl Store {
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
+            // The write first (SQLite never upgrades a read); nothing is committed
+            // unless the pattern changes.
+            let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
+            let before: Option<PatternRow> = sqlx::query_as(before_sql)
+                .bind(pattern_kind(kind))
+                .bind(id)
+                .bind(principal.name())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(before) = before.map(PatternGrant::try_from).transpose()? else {
+                return Ok(PatternUpdate::Missing);
+            };
             let updated = sqlx::query(sql)
                 .bind(regex)
                 .bind(priority)
@@ -602,10 +789,20 @@ impl Store {
                     return Ok(PatternUpdate::Conflict)
                 }
                 Err(e) => return Err(e.into()),
-                Ok(done) if done.rows_affected() == 0 => return Ok(PatternUpdate::Missing),
                 Ok(_) => {}
             }
-            let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
+            audit!(
+                tx,
+                actor,
+                "pattern.update",
+                pattern_target(kind, principal, id),
+                Some(pattern_json(
+                    &before.regex,
+                    before.priority,
+                    before.permission
+                )),
+                Some(pattern_json(regex, priority, permission))
+            );
             tx.commit().await?;
             Ok(PatternUpdate::Updated(epoch_of(epoch)))
         })
@@ -617,24 +814,37 @@ impl Store {
         kind: ResourceKind,
         principal: Principal<'_>,
         id: i64,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError> {
         let sql = by_name!(
             principal,
             "DELETE FROM grant_patterns WHERE kind = $1 AND id = $2 AND ",
-            "$3"
+            "$3",
+            " RETURNING id, regex, priority, permission"
         );
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let deleted = sqlx::query(sql)
+            let before: Option<PatternRow> = sqlx::query_as(sql)
                 .bind(pattern_kind(kind))
                 .bind(id)
                 .bind(principal.name())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if deleted == 0 {
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(before) = before.map(PatternGrant::try_from).transpose()? else {
                 return Ok(None);
-            }
+            };
+            audit!(
+                tx,
+                actor,
+                "pattern.delete",
+                pattern_target(kind, principal, id),
+                Some(pattern_json(
+                    &before.regex,
+                    before.priority,
+                    before.permission
+                )),
+                None::<String>
+            );
             let epoch: i64 = sqlx::query_scalar(BUMP_EPOCH).fetch_one(&mut *tx).await?;
             tx.commit().await?;
             Ok(Some(epoch_of(epoch)))

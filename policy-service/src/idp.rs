@@ -25,10 +25,27 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use url::Url;
 
+use mlflow_edge_authz::keys::KeySet;
+use mlflow_edge_authz::settings::ASYMMETRIC_ALGORITHMS;
+use mlflow_edge_authz::token::{JwtClaims, Policy, TokenError};
+
 use crate::settings::Settings;
 
 /// How long a fetched discovery document and JWKS are used before refetching.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// A bearer token with an unknown key refetches the JWKS at most this often.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Clock skew allowed on a bearer token's `exp` and `nbf` (the filter's default).
+const BEARER_SKEW_SECONDS: u64 = 30;
+
+/// Why a bearer token was not accepted.
+#[derive(Debug, Error)]
+pub enum BearerError {
+    #[error("the bearer token is not valid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Idp(IdpError),
+}
 
 /// Every claim of the ID token that is not a standard one (`groups`, ...).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -296,6 +313,41 @@ impl Idp {
             .append_pair("client_id", &self.client_id)
             .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
         Some(url)
+    }
+
+    /// Verifies a bearer token as the edge filter does (the same checks, from the
+    /// root crate): the IdP's issuer, `OIDC_CLIENT_ID` as audience, an asymmetric
+    /// algorithm, a key of the IdP's JWKS, `exp`/`nbf` with 30 s of skew. A token
+    /// whose key is unknown makes one fresh fetch of the JWKS (keys rotate), at most
+    /// once a minute. `Err` says what is wrong with the token, or that the IdP is down.
+    pub async fn verify_bearer(&self, token: &str, now: u64) -> Result<JwtClaims, BearerError> {
+        let mut cached = self.metadata(false).await.map_err(BearerError::Idp)?;
+        loop {
+            let jwks = serde_json::to_vec(cached.metadata.jwks())
+                .map_err(|e| BearerError::Idp(IdpError::Client(e.to_string())))?;
+            let algorithms: Vec<String> = ASYMMETRIC_ALGORITHMS
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            let keys = KeySet::from_json(&jwks, &algorithms).map_err(BearerError::Invalid)?;
+            let issuer = cached.metadata.issuer().to_string();
+            let audiences = [self.client_id.clone()];
+            let policy = Policy {
+                issuer: &issuer,
+                audiences: &audiences,
+                algorithms: &algorithms,
+                skew_seconds: BEARER_SKEW_SECONDS,
+            };
+            match policy.verify(token, &keys, now, 0) {
+                Ok((_, claims)) => return Ok(claims),
+                Err(TokenError::UnknownKey(_))
+                    if cached.fetched_at.elapsed() > JWKS_REFETCH_INTERVAL =>
+                {
+                    cached = self.metadata(true).await.map_err(BearerError::Idp)?;
+                }
+                Err(e) => return Err(BearerError::Invalid(e.to_string())),
+            }
+        }
     }
 
     /// The issuer of the IdP, once discovery has been fetched.

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod crypto;
+pub mod directory;
 pub mod grants;
 pub mod groups;
 pub mod identity;

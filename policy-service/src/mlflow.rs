@@ -231,18 +231,76 @@ impl Mlflow {
         let Some(name) = model["name"].as_str() else {
             return Err(bad(&url, "no registered_model.name"));
         };
-        let is_prompt = model["tags"].as_array().is_some_and(|tags| {
-            tags.iter().any(|tag| {
-                tag["key"].as_str() == Some(PROMPT_TAG)
-                    && tag["value"]
-                        .as_str()
-                        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            })
-        });
         Ok(Some(RegisteredModel {
             name: name.to_string(),
-            is_prompt,
+            is_prompt: is_prompt(model),
         }))
+    }
+
+    /// Every active experiment, all pages of MLflow's search, by name.
+    pub async fn all_experiments(&self) -> Result<Vec<Experiment>, MlflowError> {
+        let mut found = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query = vec![("max_results", "1000")];
+            if !token.is_empty() {
+                query.push(("page_token", token.as_str()));
+            }
+            let url = self.endpoint(&["api", "2.0", "mlflow", "experiments", "search"], &query);
+            let body = self.get(&url).await?.unwrap_or_default();
+            for e in body["experiments"].as_array().into_iter().flatten() {
+                match (e["experiment_id"].as_str(), e["name"].as_str()) {
+                    (Some(id), Some(name)) => found.push(Experiment {
+                        id: id.to_string(),
+                        name: name.to_string(),
+                    }),
+                    _ => return Err(bad(&url, "an experiment without experiment_id and name")),
+                }
+            }
+            match body["next_page_token"].as_str() {
+                Some(next) if !next.is_empty() => token = next.to_string(),
+                _ => break,
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The names of every registered model (`prompts` false) or every prompt
+    /// (`prompts` true), all pages of MLflow's search, sorted.
+    pub async fn all_model_names(&self, prompts: bool) -> Result<Vec<String>, MlflowError> {
+        let filter = format!("tags.`{PROMPT_TAG}` = 'true'");
+        let mut found = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query = vec![("max_results", "1000")];
+            if prompts {
+                query.push(("filter", filter.as_str()));
+            }
+            if !token.is_empty() {
+                query.push(("page_token", token.as_str()));
+            }
+            let url = self.endpoint(
+                &["api", "2.0", "mlflow", "registered-models", "search"],
+                &query,
+            );
+            let body = self.get(&url).await?.unwrap_or_default();
+            for m in body["registered_models"].as_array().into_iter().flatten() {
+                let Some(name) = m["name"].as_str() else {
+                    return Err(bad(&url, "a registered model without name"));
+                };
+                // MLflow versions differ in whether a plain search shows prompts.
+                if is_prompt(m) == prompts {
+                    found.push(name.to_string());
+                }
+            }
+            match body["next_page_token"].as_str() {
+                Some(next) if !next.is_empty() => token = next.to_string(),
+                _ => break,
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     async fn experiment_at(&self, url: Url) -> Result<Option<Experiment>, MlflowError> {
@@ -367,6 +425,19 @@ fn bad(url: &Url, detail: &str) -> MlflowError {
         url: url.to_string(),
         detail: detail.to_string(),
     }
+}
+
+/// A registered model in MLflow's JSON is a prompt when tagged
+/// `mlflow.prompt.is_prompt=true`.
+fn is_prompt(model: &Value) -> bool {
+    model["tags"].as_array().is_some_and(|tags| {
+        tags.iter().any(|tag| {
+            tag["key"].as_str() == Some(PROMPT_TAG)
+                && tag["value"]
+                    .as_str()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        })
+    })
 }
 
 #[cfg(test)]

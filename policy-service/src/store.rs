@@ -469,6 +469,7 @@ impl Store {
         &self,
         username: &str,
         active: bool,
+        actor: &str,
     ) -> Result<Option<i64>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -480,6 +481,14 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(id) = changed {
+                crate::grants::audit!(
+                    tx,
+                    actor,
+                    "user.active",
+                    format!("user {username}"),
+                    Some(serde_json::json!({ "active": !active }).to_string()),
+                    Some(serde_json::json!({ "active": active }).to_string())
+                );
                 sqlx::query(BUMP_EPOCH).execute(&mut *tx).await?;
                 tx.commit().await?;
                 return Ok(Some(id));

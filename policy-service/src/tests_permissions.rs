@@ -275,7 +275,7 @@ async fn grant(
 ) {
     let created = state
         .store
-        .create_grant(kind, resource, who, p, now())
+        .create_grant(kind, resource, who, p, now(), "test")
         .await
         .unwrap();
     assert!(created.is_some(), "{resource} {who:?}");
@@ -291,7 +291,7 @@ async fn pattern(
 ) {
     let created = state
         .store
-        .create_pattern(kind, who, regex, priority, p, now())
+        .create_pattern(kind, who, regex, priority, p, now(), "test")
         .await
         .unwrap();
     assert!(created.is_some(), "{regex} {who:?}");
@@ -482,7 +482,11 @@ async fn admins_are_told_so_and_deactivated_users_hold_nothing() {
     login(&state, "alice", false, &["team"]).await;
     grant(&state, Exp, "1", User("alice"), Manage).await;
     let before = epoch(&router).await;
-    state.store.set_user_active("alice", false).await.unwrap();
+    state
+        .store
+        .set_user_active("alice", false, "test")
+        .await
+        .unwrap();
     let after = epoch(&router).await;
     assert!(after > before, "deactivation moves the epoch");
     let calls = mlflow.calls("runs/get");
@@ -502,10 +506,18 @@ async fn admins_are_told_so_and_deactivated_users_hold_nothing() {
         "nothing is looked up for them"
     );
     // Deactivated admins are no admins either.
-    state.store.set_user_active("root", false).await.unwrap();
+    state
+        .store
+        .set_user_active("root", false, "test")
+        .await
+        .unwrap();
     assert!(!decide(&router, "root", &[]).await.admin);
     // Reactivated: their grants are back.
-    state.store.set_user_active("alice", true).await.unwrap();
+    state
+        .store
+        .set_user_active("alice", true, "test")
+        .await
+        .unwrap();
     assert!(epoch(&router).await > after);
     assert_eq!(
         held(&router, "alice", experiment("1")).await,
@@ -513,7 +525,11 @@ async fn admins_are_told_so_and_deactivated_users_hold_nothing() {
     );
     // Setting the same state again changes nothing.
     let now_epoch = epoch(&router).await;
-    state.store.set_user_active("alice", true).await.unwrap();
+    state
+        .store
+        .set_user_active("alice", true, "test")
+        .await
+        .unwrap();
     assert_eq!(epoch(&router).await, now_epoch);
 }
 
@@ -885,7 +901,7 @@ async fn the_epoch_moves_with_grants_and_with_logins_that_change_something() {
 
     let store = &state.store;
     let e = store
-        .create_grant(Exp, "1", User("alice"), Read, now())
+        .create_grant(Exp, "1", User("alice"), Read, now(), "test")
         .await
         .unwrap()
         .unwrap();
@@ -893,7 +909,7 @@ async fn the_epoch_moves_with_grants_and_with_logins_that_change_something() {
     assert_eq!(epoch(&router).await, e);
     assert_eq!(
         store
-            .create_grant(Exp, "1", User("alice"), Edit, now())
+            .create_grant(Exp, "1", User("alice"), Edit, now(), "test")
             .await
             .unwrap(),
         None
@@ -901,7 +917,7 @@ async fn the_epoch_moves_with_grants_and_with_logins_that_change_something() {
     assert_eq!(epoch(&router).await, e, "a refused write does not move it");
     moved(
         store
-            .update_grant(Exp, "1", User("alice"), Edit)
+            .update_grant(Exp, "1", User("alice"), Edit, "test")
             .await
             .unwrap()
             .unwrap(),
@@ -909,20 +925,28 @@ async fn the_epoch_moves_with_grants_and_with_logins_that_change_something() {
     );
     moved(
         store
-            .delete_grant(Exp, "1", User("alice"))
+            .delete_grant(Exp, "1", User("alice"), "test")
             .await
             .unwrap()
             .unwrap(),
         "grant removed",
     );
     let (p, e) = store
-        .create_pattern(ResourceKind::Prompt, Group("a"), "x", 1, Read, now())
+        .create_pattern(
+            ResourceKind::Prompt,
+            Group("a"),
+            "x",
+            1,
+            Read,
+            now(),
+            "test",
+        )
         .await
         .unwrap()
         .unwrap();
     moved(e, "pattern created");
     let updated = store
-        .update_pattern(ResourceKind::Prompt, Group("a"), p.id, "y", 2, Edit)
+        .update_pattern(ResourceKind::Prompt, Group("a"), p.id, "y", 2, Edit, "test")
         .await
         .unwrap();
     let crate::grants::PatternUpdate::Updated(e) = updated else {
@@ -931,7 +955,7 @@ async fn the_epoch_moves_with_grants_and_with_logins_that_change_something() {
     moved(e, "pattern changed");
     moved(
         store
-            .delete_pattern(ResourceKind::Prompt, Group("a"), p.id)
+            .delete_pattern(ResourceKind::Prompt, Group("a"), p.id, "test")
             .await
             .unwrap()
             .unwrap(),
@@ -1357,10 +1381,10 @@ async fn concurrent_writers_all_succeed() {
                     .await?;
                 let resource = format!("{}", round % 4);
                 store
-                    .create_grant(Exp, &resource, User(&user), Read, now())
+                    .create_grant(Exp, &resource, User(&user), Read, now(), "test")
                     .await?;
                 store
-                    .create_grant(Model, &resource, Group("all"), Edit, now())
+                    .create_grant(Model, &resource, Group("all"), Edit, now(), "test")
                     .await?;
                 store
                     .resource_created(
@@ -1371,8 +1395,10 @@ async fn concurrent_writers_all_succeed() {
                         now(),
                     )
                     .await?;
-                store.set_user_active(&user, round % 2 == 0).await?;
-                store.delete_grant(Exp, &resource, User(&user)).await?;
+                store.set_user_active(&user, round % 2 == 0, "test").await?;
+                store
+                    .delete_grant(Exp, &resource, User(&user), "test")
+                    .await?;
             }
             Ok::<(), crate::store::StoreError>(())
         });

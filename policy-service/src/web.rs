@@ -299,6 +299,78 @@ pub fn sanitize_next(next: Option<&str>) -> String {
     out
 }
 
+/// The opt-in paging of collection GETs, as upstream's: `limit` (1 to 500), `offset`
+/// and `search` (a case-insensitive substring of each row's name). Rows are
+/// filtered first, then paged; the answer's `X-Total-Count` says how many matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Paging {
+    pub limit: Option<usize>,
+    pub offset: usize,
+    pub search: String,
+}
+
+pub const MAX_PAGE: usize = 500;
+
+impl Paging {
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut paging = Paging::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => paging.limit = Some(n),
+                    _ => {
+                        return Err(ApiError::Unprocessable(format!(
+                            "limit must be a whole number from 1 to {MAX_PAGE}, not {value:?}"
+                        )))
+                    }
+                },
+                "offset" => {
+                    paging.offset = value.parse::<usize>().map_err(|_| {
+                        ApiError::Unprocessable(format!(
+                            "offset must be a whole number from 0, not {value:?}"
+                        ))
+                    })?
+                }
+                "search" => paging.search = value.trim().to_lowercase(),
+                _ => {}
+            }
+        }
+        Ok(paging)
+    }
+
+    /// Whether a row named `name` passes `search`.
+    pub fn matches(&self, name: &str) -> bool {
+        self.search.is_empty() || name.to_lowercase().contains(&self.search)
+    }
+
+    /// `rows` filtered by `search` on `name`, then the page; with the match count.
+    pub fn apply<T>(&self, rows: Vec<T>, name: impl Fn(&T) -> &str) -> (Vec<T>, usize) {
+        let matching: Vec<T> = rows.into_iter().filter(|r| self.matches(name(r))).collect();
+        let total = matching.len();
+        let page = matching
+            .into_iter()
+            .skip(self.offset)
+            .take(self.limit.unwrap_or(usize::MAX))
+            .collect();
+        (page, total)
+    }
+}
+
+/// A JSON answer with the `X-Total-Count` header of a paged collection.
+pub fn paged_json(body: serde_json::Value, total: usize) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::HeaderName::from_static("x-total-count"),
+                total.to_string(),
+            ),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,21 +6,23 @@ use std::collections::HashMap;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::app::{not_found, AppState};
 use crate::groups::DetectorError;
 use crate::identity::{self, Admission};
-use crate::idp::IdpError;
+use crate::idp::{BearerError, IdpError};
 use crate::routes::session::session_problem;
+use crate::routes::Api;
 use crate::sessions::{NewSession, SessionStoreError};
 use crate::store::{now, IdpGrant, UserRecord};
+use crate::tokens::{self, CheckError};
 use crate::web::{
     cookie_max_age, cookie_value, redirect, sanitize_next, session_cookie, ApiError, PageError,
 };
+use mlflow_edge_authz::authn::{parse_authorization, parse_basic, Credential};
 
 pub const LOGIN_PATH: &str = "/oidc/login";
 /// Where a signed-out browser lands (also after the IdP's own sign-out): a page with
@@ -28,12 +30,12 @@ pub const LOGIN_PATH: &str = "/oidc/login";
 /// straight back in.
 pub const SIGNED_OUT_PATH: &str = "/oidc/signed-out";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(LOGIN_PATH, get(login))
-        .route("/logout", get(logout))
-        .route(SIGNED_OUT_PATH, get(signed_out))
-        .route("/oidc/auth/status", get(status))
+pub fn api() -> Api {
+    Api::new()
+        .get(LOGIN_PATH, login)
+        .get("/logout", logout)
+        .get(SIGNED_OUT_PATH, signed_out)
+        .get("/oidc/auth/status", status)
 }
 
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
@@ -434,9 +436,61 @@ pub async fn signed_in(
         .filter(|user| user.username == cookie.username))
 }
 
-/// The signed-in user of a management call (a browser session): managing `what`
-/// needs one.
+/// The caller of a management call, by the credentials it sent, checked here: the
+/// service can be reached without Envoy, so no identity header counts. As the filter
+/// reads them: the `Authorization` header (an access token in HTTP Basic, or an IdP
+/// bearer token), else the session cookie. Only active users who are known here.
 pub async fn me(state: &AppState, headers: &HeaderMap, what: &str) -> Result<UserRecord, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return browser_user(state, headers, what).await;
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::Unauthenticated("the authorization header is not readable text".into())
+    })?;
+    let username = match parse_authorization(value) {
+        Credential::Basic(value) => {
+            let credential = parse_basic(value).map_err(|e| ApiError::Unauthenticated(e.into()))?;
+            match tokens::check(&state.store, &credential, now()).await {
+                Ok(identity) => identity.username,
+                Err(CheckError::Refused(why)) => return Err(ApiError::Unauthenticated(why.into())),
+                Err(CheckError::Store(e)) => return Err(e.into()),
+            }
+        }
+        Credential::Bearer(token) => {
+            let claims = state
+                .idp
+                .verify_bearer(token, u64::try_from(now()).unwrap_or(0))
+                .await
+                .map_err(|e| match e {
+                    BearerError::Invalid(_) => ApiError::Unauthenticated(e.to_string()),
+                    BearerError::Idp(e) => {
+                        ApiError::Unavailable(format!("bearer tokens cannot be checked: {e}"))
+                    }
+                })?;
+            claims
+                .username(&state.settings.oidc_username_field)
+                .map_err(|e| ApiError::Unauthenticated(format!("the bearer token {e}")))?
+                .to_lowercase()
+        }
+        Credential::Unsupported(why) => return Err(ApiError::Unauthenticated(why.into())),
+        Credential::Session(_) | Credential::None => {
+            return browser_user(state, headers, what).await
+        }
+    };
+    state.store.user_by_name(&username).await?.ok_or_else(|| {
+        ApiError::Unauthenticated(format!(
+            "{username} is not a known, active user: sign in once in a browser"
+        ))
+    })
+}
+
+/// The signed-in user of a browser session: what only an interactive sign-in may
+/// do (issuing access tokens) needs one.
+pub async fn browser_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<UserRecord, ApiError> {
     signed_in(state, headers).await?.ok_or_else(|| {
         ApiError::Unauthenticated(format!("managing {what} needs a signed-in browser session"))
     })

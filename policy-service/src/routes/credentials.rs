@@ -5,21 +5,21 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use mlflow_edge_authz::wire::{self, BasicCredential, BearerCredential, CredentialIdentity};
 
 use crate::app::AppState;
 use crate::identity;
 use crate::routes::auth::{gate, GateError};
+use crate::routes::Api;
 use crate::store::now;
 use crate::tokens::{self, CheckError};
 use crate::web::ApiError;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(wire::BASIC_CHECK_PATH, post(check))
-        .route(wire::BEARER_CHECK_PATH, post(bearer))
+pub fn api() -> Api {
+    Api::new()
+        .post(wire::BASIC_CHECK_PATH, check)
+        .post(wire::BEARER_CHECK_PATH, bearer)
 }
 
 /// The filter asks: who does this `username:token` speak for?

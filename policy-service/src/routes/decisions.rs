@@ -6,8 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use mlflow_edge_authz::wire::{self, DecideRequest, EpochResponse, ListingRequest, ResourceEvent};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -15,15 +14,16 @@ use tokio::sync::Mutex;
 use crate::app::AppState;
 use crate::listing::{self, ListedKind, ListingError, Pages, Readable};
 use crate::permissions::{self, Checker};
+use crate::routes::Api;
 use crate::store::now;
 use crate::web::ApiError;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(wire::DECIDE_PATH, post(decide))
-        .route(wire::EPOCH_PATH, get(epoch))
-        .route(wire::EVENTS_PATH, post(event))
-        .route(wire::LISTING_PATH, post(listing))
+pub fn api() -> Api {
+    Api::new()
+        .post(wire::DECIDE_PATH, decide)
+        .get(wire::EPOCH_PATH, epoch)
+        .post(wire::EVENTS_PATH, event)
+        .post(wire::LISTING_PATH, listing)
 }
 
 /// What the user holds on each target, in order, read at the returned epoch. MLflow

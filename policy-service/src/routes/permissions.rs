@@ -11,12 +11,12 @@
 //! grant, 409 it exists already, 422 a body that does not say what is needed.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use mlflow_edge_authz::permission::{Capability, Permission, ResourceKind, Target};
+use mlflow_edge_authz::wire::TargetAnswer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,8 +24,9 @@ use crate::app::AppState;
 use crate::grants::{GrantKind, PatternGrant, PatternUpdate, Principal};
 use crate::permissions::{self, Checker};
 use crate::routes::auth::me;
+use crate::routes::Api;
 use crate::store::{now, UserRecord};
-use crate::web::ApiError;
+use crate::web::{paged_json, ApiError, Paging};
 
 const WHAT: &str = "permissions";
 
@@ -85,11 +86,7 @@ struct Scope {
 impl Scope {
     /// Path segment of direct grants.
     fn direct_segment(self) -> &'static str {
-        match self.kind {
-            ResourceKind::Experiment => "experiments",
-            ResourceKind::RegisteredModel => "registered-models",
-            ResourceKind::Prompt => "prompts",
-        }
+        self.kind.segment()
     }
 
     /// Path segment of pattern grants.
@@ -156,86 +153,157 @@ const SCOPES: [Scope; 6] = [
     },
 ];
 
-pub fn router() -> Router<AppState> {
-    let mut r = Router::new();
-    for api in ["/api", "/ajax-api"] {
-        let base = format!("{api}/2.0/mlflow/permissions");
-        for scope in SCOPES {
-            let owner = format!("{base}/{}/{{principal}}", scope.who.segment());
-            // Names of models and prompts may hold `/`: the rest of the path.
-            let resource = match scope.kind {
-                ResourceKind::Experiment => "{resource}",
-                ResourceKind::RegisteredModel | ResourceKind::Prompt => "{*resource}",
-            };
-            r = r
-                .route(
-                    &format!("{owner}/{}/{resource}", scope.direct_segment()),
-                    get(
-                        move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
-                            direct_get(s, h, p, scope)
-                        },
-                    )
-                    .post(
-                        move |s: State<AppState>,
-                              h: HeaderMap,
-                              p: Path<(String, String)>,
-                              b: Bytes| {
-                            direct_create(s, h, p, b, scope)
-                        },
-                    )
-                    .patch(
-                        move |s: State<AppState>,
-                              h: HeaderMap,
-                              p: Path<(String, String)>,
-                              b: Bytes| {
-                            direct_update(s, h, p, b, scope)
-                        },
-                    )
-                    .delete(
-                        move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
-                            direct_delete(s, h, p, scope)
-                        },
-                    ),
-                )
-                .route(
-                    &format!("{owner}/{}", scope.pattern_segment()),
-                    get(move |s: State<AppState>, h: HeaderMap, p: Path<String>| {
-                        patterns_list(s, h, p, scope)
-                    })
-                    .post(
-                        move |s: State<AppState>, h: HeaderMap, p: Path<String>, b: Bytes| {
-                            pattern_create(s, h, p, b, scope)
-                        },
-                    ),
-                )
-                .route(
-                    &format!("{owner}/{}/{{id}}", scope.pattern_segment()),
-                    get(
-                        move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
-                            pattern_get(s, h, p, scope)
-                        },
-                    )
-                    .patch(
-                        move |s: State<AppState>,
-                              h: HeaderMap,
-                              p: Path<(String, String)>,
-                              b: Bytes| {
-                            pattern_update(s, h, p, b, scope)
-                        },
-                    )
-                    .delete(
-                        move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
-                            pattern_delete(s, h, p, scope)
-                        },
-                    ),
-                );
-        }
-        r = r.route(
-            &format!("{base}/users/{{principal}}/experiments"),
-            get(user_experiments),
-        );
+pub fn api() -> Api {
+    let base = "/2.0/mlflow/permissions";
+    let mut api = Api::new();
+    for scope in SCOPES {
+        let owner = format!("{base}/{}/{{principal}}", scope.who.segment());
+        // Names of models and prompts may hold `/`: the rest of the path.
+        let resource = match scope.kind {
+            ResourceKind::Experiment => "{resource}",
+            ResourceKind::RegisteredModel | ResourceKind::Prompt => "{*resource}",
+        };
+        let direct = format!("{owner}/{}/{resource}", scope.direct_segment());
+        let patterns = format!("{owner}/{}", scope.pattern_segment());
+        let pattern = format!("{patterns}/{{id}}");
+        api = api
+            .twins(
+                Method::GET,
+                &format!("{owner}/{}", scope.direct_segment()),
+                move |s: State<AppState>, h: HeaderMap, p: Path<String>| {
+                    principal_resources(s, h, p, scope)
+                },
+            )
+            .twins(
+                Method::GET,
+                &direct,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
+                    direct_get(s, h, p, scope)
+                },
+            )
+            .twins(
+                Method::POST,
+                &direct,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>, b: Bytes| {
+                    direct_create(s, h, p, b, scope)
+                },
+            )
+            .twins(
+                Method::PATCH,
+                &direct,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>, b: Bytes| {
+                    direct_update(s, h, p, b, scope)
+                },
+            )
+            .twins(
+                Method::DELETE,
+                &direct,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
+                    direct_delete(s, h, p, scope)
+                },
+            )
+            .twins(
+                Method::GET,
+                &patterns,
+                move |s: State<AppState>, h: HeaderMap, p: Path<String>| {
+                    patterns_list(s, h, p, scope)
+                },
+            )
+            .twins(
+                Method::POST,
+                &patterns,
+                move |s: State<AppState>, h: HeaderMap, p: Path<String>, b: Bytes| {
+                    pattern_create(s, h, p, b, scope)
+                },
+            )
+            .twins(
+                Method::GET,
+                &pattern,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
+                    pattern_get(s, h, p, scope)
+                },
+            )
+            .twins(
+                Method::PATCH,
+                &pattern,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>, b: Bytes| {
+                    pattern_update(s, h, p, b, scope)
+                },
+            )
+            .twins(
+                Method::DELETE,
+                &pattern,
+                move |s: State<AppState>, h: HeaderMap, p: Path<(String, String)>| {
+                    pattern_delete(s, h, p, scope)
+                },
+            );
     }
-    r
+    for kind in KINDS {
+        let segment = kind.segment();
+        api = api.twins(
+            Method::GET,
+            &format!("{base}/{segment}"),
+            move |s: State<AppState>, h: HeaderMap, q: RawQuery| resources(s, h, q, kind),
+        );
+        api = match kind {
+            ResourceKind::Experiment => {
+                let holders = |who: Who| {
+                    move |s: State<AppState>, h: HeaderMap, p: Path<String>| {
+                        holders(s, h, p.0, kind, who)
+                    }
+                };
+                api.twins(
+                    Method::GET,
+                    &format!("{base}/{segment}/{{resource}}/users"),
+                    holders(Who::User),
+                )
+                .twins(
+                    Method::GET,
+                    &format!("{base}/{segment}/{{resource}}/groups"),
+                    holders(Who::Group),
+                )
+            }
+            // `{name}/users` where the name may hold `/`: split off the last segment.
+            ResourceKind::RegisteredModel | ResourceKind::Prompt => api.twins(
+                Method::GET,
+                &format!("{base}/{segment}/{{*rest}}"),
+                move |s: State<AppState>, h: HeaderMap, Path(rest): Path<String>| async move {
+                    match rest.rsplit_once('/') {
+                        Some((name, "users")) => {
+                            holders(s, h, name.to_string(), kind, Who::User).await
+                        }
+                        Some((name, "groups")) => {
+                            holders(s, h, name.to_string(), kind, Who::Group).await
+                        }
+                        _ => Ok(crate::app::not_found()),
+                    }
+                },
+            ),
+        };
+    }
+    api
+}
+
+/// The kinds of resource grants are managed on.
+const KINDS: [ResourceKind; 3] = [
+    ResourceKind::Experiment,
+    ResourceKind::RegisteredModel,
+    ResourceKind::Prompt,
+];
+
+trait Segment {
+    fn segment(self) -> &'static str;
+}
+
+impl Segment for ResourceKind {
+    /// The path segment of a kind in the management API.
+    fn segment(self) -> &'static str {
+        match self {
+            ResourceKind::Experiment => "experiments",
+            ResourceKind::RegisteredModel => "registered-models",
+            ResourceKind::Prompt => "prompts",
+        }
+    }
 }
 
 // ---- bodies ----------------------------------------------------------------------
@@ -392,6 +460,7 @@ async fn direct_create(
             scope.who.principal(&name),
             permission,
             now(),
+            &caller.username,
         )
         .await?;
     if created.is_none() {
@@ -431,6 +500,7 @@ async fn direct_update(
             &resource,
             scope.who.principal(&name),
             permission,
+            &caller.username,
         )
         .await?;
     if updated.is_none() {
@@ -462,6 +532,7 @@ async fn direct_delete(
             GrantKind::of(scope.kind),
             &resource,
             scope.who.principal(&name),
+            &caller.username,
         )
         .await?;
     if deleted.is_none() {
@@ -532,6 +603,7 @@ async fn pattern_create(
             priority,
             permission,
             now(),
+            &caller.username,
         )
         .await?;
     let Some((grant, _)) = created else {
@@ -596,6 +668,7 @@ async fn pattern_update(
             &regex,
             priority,
             permission,
+            &caller.username,
         )
         .await?
     {
@@ -626,7 +699,7 @@ async fn pattern_delete(
     let name = scope.who.normalize(&principal);
     if state
         .store
-        .delete_pattern(scope.kind, scope.who.principal(&name), id)
+        .delete_pattern(scope.kind, scope.who.principal(&name), id, &caller.username)
         .await?
         .is_none()
     {
@@ -639,52 +712,263 @@ async fn pattern_delete(
     ))
 }
 
-// ---- a user's experiments --------------------------------------------------------
+// ---- listings ---------------------------------------------------------------------
 
-/// The user's effective permission on each experiment they (or their groups) hold a
-/// direct grant on, with `kind` = the source that decided. Admins and the user see
-/// every such experiment; anyone else only those they can MANAGE themselves.
-async fn user_experiments(
+fn mlflow_down(what: &str, source: crate::mlflow::MlflowError) -> ApiError {
+    ApiError::from(permissions::DecideError::Mlflow {
+        target: what.to_string(),
+        source,
+    })
+}
+
+/// The resources of a kind that MLflow has, as (key, name): experiments by id,
+/// models and prompts by name.
+async fn all_of(state: &AppState, kind: ResourceKind) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(match kind {
+        ResourceKind::Experiment => state
+            .mlflow
+            .all_experiments()
+            .await
+            .map_err(|e| mlflow_down("every experiment", e))?
+            .into_iter()
+            .map(|e| (e.id, e.name))
+            .collect(),
+        ResourceKind::RegisteredModel | ResourceKind::Prompt => state
+            .mlflow
+            .all_model_names(kind == ResourceKind::Prompt)
+            .await
+            .map_err(|e| mlflow_down(&format!("every {}", kind.as_str()), e))?
+            .into_iter()
+            .map(|name| (name.clone(), name))
+            .collect(),
+    })
+}
+
+/// What `checker` holds on one of [`all_of`]'s rows.
+async fn held_on(
+    checker: &mut Checker<'_>,
+    kind: ResourceKind,
+    key: &str,
+    name: &str,
+) -> Result<TargetAnswer, ApiError> {
+    Ok(match kind {
+        ResourceKind::Experiment => checker.experiment(key, Some(name)).await?,
+        ResourceKind::RegisteredModel | ResourceKind::Prompt => checker.model(key, kind).await?,
+    })
+}
+
+fn row(kind: ResourceKind, key: &str, name: &str) -> Value {
+    match kind {
+        ResourceKind::Experiment => json!({"id": key, "name": name}),
+        ResourceKind::RegisteredModel | ResourceKind::Prompt => json!({"name": name}),
+    }
+}
+
+/// `GET /permissions/{experiments,registered-models,prompts}`: the resources the
+/// caller may manage grants on (admins: all), paged.
+async fn resources(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    kind: ResourceKind,
+) -> Result<Response, ApiError> {
+    let caller = me(&state, &headers, WHAT).await?;
+    let paging = Paging::parse(query.as_deref())?;
+    let mut rows = all_of(&state, kind).await?;
+    rows.retain(|(_, name)| paging.matches(name));
+    if !caller.is_admin {
+        let mut mine = Checker::new(&state, &caller.username).await?;
+        let mut kept = Vec::with_capacity(rows.len());
+        for (key, name) in rows {
+            if held_on(&mut mine, kind, &key, &name)
+                .await?
+                .permission
+                .allows(Capability::Manage)
+            {
+                kept.push((key, name));
+            }
+        }
+        rows = kept;
+    }
+    let (page, total) = paging.apply(rows, |(_, name)| name.as_str());
+    let items: Vec<Value> = page.iter().map(|(k, n)| row(kind, k, n)).collect();
+    Ok(paged_json(json!(items), total))
+}
+
+/// The resource named in a path, as MLflow has it: `None` when it does not exist
+/// (or, for the prompt routes, is a model, and the other way round).
+async fn existing(
+    state: &AppState,
+    kind: ResourceKind,
+    key: &str,
+) -> Result<Option<String>, ApiError> {
+    let what = || format!("{} {key}", kind.as_str());
+    Ok(match kind {
+        ResourceKind::Experiment => state
+            .mlflow
+            .experiment(key)
+            .await
+            .map_err(|e| mlflow_down(&what(), e))?
+            .map(|e| e.name),
+        ResourceKind::RegisteredModel | ResourceKind::Prompt => state
+            .mlflow
+            .registered_model(key)
+            .await
+            .map_err(|e| mlflow_down(&what(), e))?
+            .filter(|m| m.is_prompt == (kind == ResourceKind::Prompt))
+            .map(|m| m.name),
+    })
+}
+
+fn no_such(kind: ResourceKind, key: &str) -> ApiError {
+    ApiError::NotFound(match kind {
+        ResourceKind::Experiment => format!("experiment {key} does not exist"),
+        ResourceKind::RegisteredModel => format!("registered model {key:?} does not exist"),
+        ResourceKind::Prompt => format!("prompt {key:?} does not exist"),
+    })
+}
+
+/// `GET /permissions/{kind}/{key}/{users,groups}`: who holds a direct grant on it.
+/// Needs MANAGE on it (or admin); 404 when MLflow has no such resource.
+async fn holders(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: String,
+    kind: ResourceKind,
+    who: Who,
+) -> Result<Response, ApiError> {
+    let caller = me(&state, &headers, WHAT).await?;
+    let scope = Scope { kind, who };
+    may_manage(&state, &caller, scope, &key).await?;
+    if existing(&state, kind, &key).await?.is_none() {
+        return Err(no_such(kind, &key));
+    }
+    let wanted = match who {
+        Who::User => "user",
+        Who::Group => "group",
+    };
+    let items: Vec<Value> = state
+        .store
+        .grants_on(GrantKind::of(kind), &key)
+        .await?
+        .into_iter()
+        .filter(|h| h.holder == wanted)
+        .map(|h| json!({"name": h.name, "permission": h.permission, "kind": h.holder}))
+        .collect();
+    Ok(Json(items).into_response())
+}
+
+/// `GET /permissions/users/{u}/{kind}`: the user's effective permission on each
+/// resource they can reach, with `kind` = the source that decided.
+/// `GET /permissions/groups/{g}/{kind}`: the group's direct grants.
+/// Admins and the user themself see all; anyone else only what they can MANAGE.
+async fn principal_resources(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(principal): Path<String>,
+    scope: Scope,
 ) -> Result<Response, ApiError> {
     let caller = me(&state, &headers, WHAT).await?;
-    let username = Who::User.normalize(&principal);
-    let subject = state
-        .store
-        .subject(&username)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))?;
-    let ids = state
-        .store
-        .granted_resources_of_user(subject.id, GrantKind::Experiment)
-        .await?;
-    let sees_all = caller.is_admin || caller.username == username;
-    let mut theirs = Checker::new(&state, &username).await?;
+    let name = scope.who.normalize(&principal);
+    let kind = scope.kind;
+    let sees_all = caller.is_admin || (scope.who == Who::User && caller.username == name);
     let mut mine = Checker::new(&state, &caller.username).await?;
-    let mut items = Vec::with_capacity(ids.len());
-    for id in ids {
-        let experiment = state.mlflow.experiment(&id).await.map_err(|source| {
-            ApiError::from(permissions::DecideError::Mlflow {
-                target: Target::Experiment { id: id.clone() }.to_string(),
-                source,
-            })
-        })?;
-        let name = experiment.as_ref().map(|e| e.name.as_str());
-        if !sees_all {
-            let held = mine.experiment(&id, name).await?;
-            if !held.permission.allows(Capability::Manage) {
-                continue;
-            }
+    let rows = match scope.who {
+        Who::User => user_reach(&state, &name, kind).await?,
+        Who::Group => group_grants(&state, &name, kind).await?,
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for (key, label, permission, source) in rows {
+        if !sees_all
+            && !held_on(&mut mine, kind, &key, &label)
+                .await?
+                .permission
+                .allows(Capability::Manage)
+        {
+            continue;
         }
-        let held = theirs.experiment(&id, name).await?;
-        items.push(json!({
-            "id": id,
-            "name": name,
-            "permission": held.permission,
-            "kind": held.source,
-        }));
+        let mut item = row(kind, &key, &label);
+        item["permission"] = json!(permission);
+        item["kind"] = json!(source);
+        items.push(item);
     }
     Ok(Json(items).into_response())
+}
+
+/// What a principal holds on a resource: (key, name, permission, source).
+type Held = (String, String, Permission, &'static str);
+
+/// A user's effective permissions on the resources of a kind they can reach (not
+/// NO_PERMISSIONS); an admin's source is `admin`. Only resources with direct grants can be
+/// reached unless the user has pattern grants or the default grants something; then
+/// every resource MLflow has is judged.
+async fn user_reach(
+    state: &AppState,
+    username: &str,
+    kind: ResourceKind,
+) -> Result<Vec<Held>, ApiError> {
+    let subject = state
+        .store
+        .subject(username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))?;
+    let broad = state.settings.default_mlflow_permission != Permission::NoPermissions
+        || !state
+            .store
+            .user_patterns(subject.id, kind)
+            .await?
+            .is_empty()
+        || !state
+            .store
+            .group_patterns_of_user(subject.id, kind)
+            .await?
+            .is_empty();
+    let candidates: Vec<(String, String)> = if broad || subject.is_admin {
+        all_of(state, kind).await?
+    } else {
+        let mut found = Vec::new();
+        for key in state
+            .store
+            .granted_resources_of_user(subject.id, GrantKind::of(kind))
+            .await?
+        {
+            if let Some(name) = existing(state, kind, &key).await? {
+                found.push((key, name));
+            }
+        }
+        found
+    };
+    let mut theirs = Checker::new(state, username).await?;
+    let mut out = Vec::new();
+    for (key, name) in candidates {
+        if theirs.is_admin() {
+            out.push((key, name, Permission::Manage, "admin"));
+            continue;
+        }
+        let held = held_on(&mut theirs, kind, &key, &name).await?;
+        if held.permission != Permission::NoPermissions {
+            out.push((key, name, held.permission, held.source.as_str()));
+        }
+    }
+    Ok(out)
+}
+
+/// A group's direct grants on resources of a kind that MLflow has.
+async fn group_grants(
+    state: &AppState,
+    group: &str,
+    kind: ResourceKind,
+) -> Result<Vec<Held>, ApiError> {
+    let mut out = Vec::new();
+    for (key, permission) in state
+        .store
+        .grants_of_group(GrantKind::of(kind), group)
+        .await?
+    {
+        // Models and prompts share grants: MLflow says which one a name is.
+        if let Some(name) = existing(state, kind, &key).await? {
+            out.push((key, name, permission, "group"));
+        }
+    }
+    Ok(out)
 }

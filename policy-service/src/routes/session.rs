@@ -5,21 +5,20 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use mlflow_edge_authz::wire::{self, RenewRequest, RenewResponse};
 
 use crate::app::AppState;
 use crate::idp::IdpError;
 use crate::routes::auth::{gate, GateError};
+use crate::routes::Api;
 use crate::session::CookieError;
 use crate::store::{now, IdpGrant, SessionRecord, UserRecord};
 use crate::web::{cookie_max_age, json_response, session_cookie, ApiError};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(wire::SESSION_KEYS_PATH, get(keys))
-        .route(wire::SESSION_RENEW_PATH, post(renew))
+pub fn api() -> Api {
+    Api::new()
+        .get(wire::SESSION_KEYS_PATH, keys)
+        .post(wire::SESSION_RENEW_PATH, renew)
 }
 
 async fn keys(State(state): State<AppState>) -> Result<Response, ApiError> {

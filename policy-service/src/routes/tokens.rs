@@ -4,15 +4,15 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::routes::auth::{me, them};
+use crate::routes::auth::{browser_user, me, them};
+use crate::routes::Api;
 use crate::store::{now, UserRecord};
 use crate::tokens::{self, MAX_LIVE_PER_USER};
 use crate::web::{json_response, ApiError};
@@ -20,28 +20,34 @@ use crate::web::{json_response, ApiError};
 /// What these routes manage, for the refusals of `me` and `them`.
 const WHAT: &str = "access tokens";
 
-pub fn router() -> Router<AppState> {
-    let mut r = Router::new();
-    for api in ["/api", "/ajax-api"] {
-        r = r
-            .route(
-                &format!("{api}/2.0/mlflow/users/current/tokens"),
-                get(list_mine).post(create_mine),
-            )
-            .route(
-                &format!("{api}/2.0/mlflow/users/current/tokens/{{id}}"),
-                delete(delete_mine),
-            )
-            .route(
-                &format!("{api}/2.0/mlflow/users/{{username}}/tokens"),
-                get(list_theirs).post(create_theirs),
-            )
-            .route(
-                &format!("{api}/2.0/mlflow/users/{{username}}/tokens/{{id}}"),
-                delete(delete_theirs),
-            );
-    }
-    r
+pub fn api() -> Api {
+    Api::new()
+        .twins(Method::GET, "/2.0/mlflow/users/current/tokens", list_mine)
+        .twins(
+            Method::POST,
+            "/2.0/mlflow/users/current/tokens",
+            create_mine,
+        )
+        .twins(
+            Method::DELETE,
+            "/2.0/mlflow/users/current/tokens/{id}",
+            delete_mine,
+        )
+        .twins(
+            Method::GET,
+            "/2.0/mlflow/users/{username}/tokens",
+            list_theirs,
+        )
+        .twins(
+            Method::POST,
+            "/2.0/mlflow/users/{username}/tokens",
+            create_theirs,
+        )
+        .twins(
+            Method::DELETE,
+            "/2.0/mlflow/users/{username}/tokens/{id}",
+            delete_theirs,
+        )
 }
 
 #[derive(Deserialize)]
@@ -128,7 +134,8 @@ async fn create_mine(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let user = me(&state, &headers, WHAT).await?;
+    // Issuance needs an interactive sign-in: a token must not mint tokens.
+    let user = browser_user(&state, &headers, WHAT).await?;
     create(&state, &user, &user.username, &body).await
 }
 
@@ -156,7 +163,7 @@ async fn create_theirs(
     Path(username): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = me(&state, &headers, WHAT).await?;
+    let admin = browser_user(&state, &headers, WHAT).await?;
     let user = them(&state, &headers, &username, WHAT).await?;
     create(&state, &user, &admin.username, &body).await
 }

@@ -5,37 +5,36 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, patch};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
 
 use crate::app::AppState;
 use crate::routes::auth::{me, them};
+use crate::routes::Api;
 use crate::store::{now, UserRecord};
 use crate::web::ApiError;
 
 const WHAT: &str = "sessions";
 
-pub fn router() -> Router<AppState> {
-    let mut r = Router::new();
-    for api in ["/api", "/ajax-api"] {
-        r = r
-            .route(
-                &format!("{api}/2.0/mlflow/users/current/sessions"),
-                delete(end_mine),
-            )
-            .route(
-                &format!("{api}/2.0/mlflow/users/{{username}}/sessions"),
-                delete(end_theirs),
-            )
-            .route(
-                &format!("{api}/2.0/mlflow/users/{{username}}/active"),
-                patch(set_active),
-            );
-    }
-    r
+pub fn api() -> Api {
+    Api::new()
+        .twins(
+            Method::DELETE,
+            "/2.0/mlflow/users/current/sessions",
+            end_mine,
+        )
+        .twins(
+            Method::DELETE,
+            "/2.0/mlflow/users/{username}/sessions",
+            end_theirs,
+        )
+        .twins(
+            Method::PATCH,
+            "/2.0/mlflow/users/{username}/active",
+            set_active,
+        )
 }
 
 async fn end_all(state: &AppState, user: &UserRecord) -> Result<Response, ApiError> {
@@ -92,7 +91,7 @@ async fn set_active(
     }
     let id = state
         .store
-        .set_user_active(&username, request.active)
+        .set_user_active(&username, request.active, &admin.username)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {username:?} does not exist")))?;
     let (mut sessions, mut tokens) = (0, 0);
