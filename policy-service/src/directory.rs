@@ -243,3 +243,88 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mlflow_edge_authz::permission::Permission;
+
+    use crate::grants::{GrantKind, Principal};
+    use crate::store::{now, testing, Store};
+
+    #[tokio::test]
+    async fn grant_changes_users_and_groups_are_listed_and_audited() {
+        let store = Store::connect(&testing::fresh_database()).await.unwrap();
+        let (exp, alice, ml) = (
+            GrantKind::Experiment,
+            Principal::User("alice"),
+            Principal::Group("ml"),
+        );
+        store
+            .create_grant(exp, "7", alice, Permission::Read, now(), "root")
+            .await
+            .unwrap();
+        store
+            .create_grant(exp, "7", ml, Permission::Edit, now(), "root")
+            .await
+            .unwrap();
+        store
+            .update_grant(exp, "7", alice, Permission::Manage, "root")
+            .await
+            .unwrap();
+        let on = store.grants_on(exp, "7").await.unwrap();
+        let seen: Vec<_> = on
+            .iter()
+            .map(|h| (h.holder.as_str(), h.name.as_str(), h.permission))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("user", "alice", Permission::Manage),
+                ("group", "ml", Permission::Edit)
+            ]
+        );
+        assert_eq!(
+            store.grants_of_group(exp, "ml").await.unwrap(),
+            [("7".to_string(), Permission::Edit)]
+        );
+        assert_eq!(
+            store
+                .create_user("bob", "Bob", false, now(), "root")
+                .await
+                .unwrap(),
+            super::Created::New
+        );
+        assert_eq!(
+            store
+                .create_user("bob", "Bob", false, now(), "root")
+                .await
+                .unwrap(),
+            super::Created::Existed
+        );
+        assert!(store.delete_user_named("bob", "root").await.unwrap());
+        assert!(!store.delete_user_named("bob", "root").await.unwrap());
+        let (log, total) = store.audit_log("", 10, 0).await.unwrap();
+        assert_eq!(total, 5);
+        let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "user.delete",
+                "user.create",
+                "grant.update",
+                "grant.create",
+                "grant.create"
+            ]
+        );
+        assert!(
+            log[2].before.as_deref().unwrap().contains("READ"),
+            "{log:?}"
+        );
+        assert!(
+            log[2].after.as_deref().unwrap().contains("MANAGE"),
+            "{log:?}"
+        );
+        let (alice_only, total) = store.audit_log("ALICE", 10, 0).await.unwrap();
+        assert_eq!((alice_only.len(), total), (2, 2));
+    }
+}
