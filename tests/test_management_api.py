@@ -1,11 +1,12 @@
 """The permission-management API through Envoy, as admins, resource managers, readers and
 outsiders use it: who may see and change what, and what they get when they may not."""
+import time
 import urllib.parse as up
 
 import pytest
 import requests
 
-from helpers import (API, NAVIGATION, PERMISSIONS_API, TIMEOUT, access_token, grant, login,
+from helpers import (API, AccessLog, NAVIGATION, PERMISSIONS_API, TIMEOUT, access_token, grant, login,
                      marker, new_idp_user)
 
 
@@ -27,7 +28,14 @@ def world(stack):
     admin.username = "admin@example.com"
     grant(stack, admin, people["manager"].username, experiment, "MANAGE")
     grant(stack, admin, people["reader"].username, experiment, "READ")
-    return {"experiment": experiment, "name": name, **people}
+    yield {"experiment": experiment, "name": name, **people}
+    # Envoy writes its access log in the background: let this module's lines land
+    # before the next module reads the log from its own offset.
+    log = AccessLog(stack.access_log)
+    size, deadline = -1, time.monotonic() + 10
+    while log.size() != size and time.monotonic() < deadline:
+        size = log.size()
+        time.sleep(1.5)
 
 
 def call(stack, who, method, path, **kw):
